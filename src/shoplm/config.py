@@ -1,0 +1,94 @@
+"""One typed configuration, read from ``shoplm.toml``.
+
+Every section is optional; with no file at all shoplm reads the default column names of
+:mod:`shoplm.data.schema` and builds its default pipeline.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from shoplm.data.schema import EVENT_FIELDS, ITEM_FIELDS, EventType
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class CatalogConfig(_Section):
+    #: shoplm field -> the column name in the shop's catalogue file
+    columns: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("columns")
+    @classmethod
+    def _known_fields(cls, value: dict[str, str]) -> dict[str, str]:
+        return _check_mapping(value, ITEM_FIELDS, "catalog.columns")
+
+
+class EventsConfig(_Section):
+    #: shoplm field -> the column name in the shop's event file
+    columns: dict[str, str] = Field(default_factory=dict)
+    #: the shop's event names -> shoplm event types (e.g. ``pageview = "view"``)
+    event_names: dict[str, EventType] = Field(default_factory=dict)
+
+    @field_validator("columns")
+    @classmethod
+    def _known_fields(cls, value: dict[str, str]) -> dict[str, str]:
+        return _check_mapping(value, EVENT_FIELDS, "events.columns")
+
+
+class PrivacyConfig(_Section):
+    #: environment variable holding the pseudonymisation key
+    key_env: str = "SHOPLM_PSEUDONYM_KEY"
+    #: file holding the key when the variable is unset; never inside an engine directory
+    key_file: Path = Path("~/.config/shoplm/pseudonym.key")
+
+
+class LoadConfig(_Section):
+    #: rows per chunk while streaming a file: bounds memory, whatever the file size
+    chunk_rows: int = Field(default=200_000, ge=1_000)
+    #: row-level problems kept in memory per (field, reason) for the printed report; every
+    #: problem is still written to the issues file
+    examples_per_reason: int = Field(default=5, ge=0)
+
+
+class ShoplmConfig(_Section):
+    catalog: CatalogConfig = Field(default_factory=CatalogConfig)
+    events: EventsConfig = Field(default_factory=EventsConfig)
+    privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
+    load: LoadConfig = Field(default_factory=LoadConfig)
+
+
+class ConfigError(ValueError):
+    """A config file that cannot be used; the message names the file and the field."""
+
+
+def _check_mapping(value: dict[str, str], known: dict[str, str], where: str) -> dict[str, str]:
+    unknown = sorted(set(value) - set(known))
+    if unknown:
+        raise ValueError(
+            f"{where}: unknown shoplm field(s) {unknown}; known fields are {sorted(known)}"
+        )
+    return value
+
+
+def load_config(path: Path | None) -> ShoplmConfig:
+    """Read ``path`` (TOML); ``None`` gives the defaults."""
+    if path is None:
+        return ShoplmConfig()
+    try:
+        raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise ConfigError(f"config file {path} does not exist") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+    try:
+        return ShoplmConfig.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+        )
+        raise ConfigError(f"{path}: {problems}") from exc

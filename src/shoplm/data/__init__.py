@@ -1,0 +1,1 @@
+"""Data layer: schemas, loading, validation, cleaning, splits and privacy."""

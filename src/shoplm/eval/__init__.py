@@ -1,0 +1,1 @@
+"""Offline evaluation: ranking metrics, protocols, reports and A/B statistics."""

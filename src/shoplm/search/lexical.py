@@ -1,0 +1,214 @@
+"""BM25 over several catalogue fields at once, with a weight per field.
+
+Each non-empty field (title, brand, category, description, attributes) gets its own BM25
+statistics (document frequencies and lengths differ a lot between a title and a description,
+so pooling them into one text would let long descriptions drown the title). bm25s computes
+the per-field term weights eagerly; the fields are then summed with their weights into one
+sparse (vocabulary x items) matrix, so scoring a batch of queries against every field is a
+single sparse product and the fused score is exact, not an approximation over per-field
+top candidates.
+
+Why bm25s rather than tantivy: the index is a plain scipy matrix that numpy code can sum,
+slice and save, the per-field fusion above falls out of it, it has no native build step,
+and at catalogue sizes (10^4-10^6 items) its eager scoring answers in about a millisecond.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Self
+
+import bm25s
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from shoplm.recommend.base import top_k
+from shoplm.search.base import Retriever
+from shoplm.search.text import TextAnalyzer, Tokenized
+
+#: Title matches matter most; brand and category are short and precise; descriptions and
+#: attributes are long and noisy, so a match there is weaker evidence.
+DEFAULT_FIELD_WEIGHTS: dict[str, float] = {
+    "title": 1.0,
+    "brand": 0.7,
+    "category": 0.5,
+    "attributes": 0.3,
+    "description": 0.2,
+}
+
+#: Methods whose score is zero for a document without the term (bm25l and bm25+ add a
+#: constant to every document, which a sparse matrix cannot hold).
+_SPARSE_METHODS = ("lucene", "robertson", "atire")
+
+#: Dense score rows per block: bounds memory at ~64 MB of float32 whatever the batch size.
+_BLOCK_CELLS = 1 << 24
+
+
+class LexicalRetriever(Retriever):
+    """Field-weighted BM25 with stemming, stop words and Chinese segmentation.
+
+    ``k1`` and ``b`` are BM25's term-frequency saturation and length normalisation; the
+    defaults are Lucene's. ``max_query_tokens`` caps what a pasted essay can cost: product
+    queries are a few words, and the first words carry the intent.
+    """
+
+    def __init__(
+        self,
+        field_weights: Mapping[str, float] | None = None,
+        k1: float = 1.2,
+        b: float = 0.75,
+        method: str = "lucene",
+        stemmer: str | None = "english",
+        stopwords: str | None = "en",
+        max_query_tokens: int = 64,
+    ) -> None:
+        self.field_weights = field_weights
+        self.k1 = k1
+        self.b = b
+        self.method = method
+        self.stemmer = stemmer
+        self.stopwords = stopwords
+        self.max_query_tokens = max_query_tokens
+
+    def get_params(self) -> dict[str, object]:
+        return {
+            "field_weights": None if self.field_weights is None else dict(self.field_weights),
+            "k1": self.k1,
+            "b": self.b,
+            "method": self.method,
+            "stemmer": self.stemmer,
+            "stopwords": self.stopwords,
+            "max_query_tokens": self.max_query_tokens,
+        }
+
+    @property
+    def _analyzer(self) -> TextAnalyzer:
+        return TextAnalyzer(stemmer=self.stemmer, stopwords=self.stopwords)
+
+    def fit(self, items: pd.DataFrame) -> Self:
+        if self.method not in _SPARSE_METHODS:
+            raise ValueError(f"method must be one of {_SPARSE_METHODS}, got {self.method!r}")
+        weights = DEFAULT_FIELD_WEIGHTS if self.field_weights is None else self.field_weights
+        analyzer = self._analyzer
+        fields = {}
+        for field, weight in weights.items():
+            if weight <= 0 or field not in items.columns:
+                continue
+            text = field_text(items[field], field)
+            if (text != "").any():
+                fields[field] = analyzer.analyze(text.tolist())
+        if not fields:
+            raise ValueError(f"no non-empty text field among {sorted(weights)}")
+        vocab = pd.Index(pd.unique(np.concatenate([t.tokens for t in fields.values()])))
+        self.n_items_ = len(items)
+        self.fields_ = list(fields)
+        self.vocab_ = vocab
+        matrices = [float(weights[f]) * self._field_matrix(t, vocab) for f, t in fields.items()]
+        self.term_weights_ = sp.csr_matrix(sum(matrices[1:], matrices[0]))
+        return self
+
+    def _field_matrix(self, tokens: Tokenized, vocab: pd.Index) -> sp.csr_matrix:
+        """BM25 weights of one field as a (vocabulary x items) matrix, computed by bm25s."""
+        ids = vocab.get_indexer(tokens.tokens)
+        corpus = np.split(ids, tokens.indptr[1:-1])
+        bm25 = bm25s.BM25(k1=self.k1, b=self.b, method=self.method)
+        csc = bm25.build_index_from_ids(
+            unique_token_ids=list(range(len(vocab))), corpus_token_ids=corpus, show_progress=False
+        )
+        # bm25s stores an (items x vocabulary) CSC matrix: the same arrays read as CSR are
+        # its transpose, which is the layout a query-side product wants.
+        return sp.csr_matrix(
+            (csc["data"], csc["indices"], csc["indptr"]), shape=(len(vocab), csc["num_docs"])
+        )
+
+    def _query_matrix(self, queries: Sequence[str]) -> sp.csr_matrix:
+        """Queries as (n_queries x vocabulary) term counts; out-of-vocabulary terms dropped."""
+        tokens = self._analyzer.analyze(queries)
+        rows = tokens.rows
+        position = np.arange(tokens.tokens.size) - tokens.indptr[rows]
+        ids = self.vocab_.get_indexer(tokens.tokens) if tokens.tokens.size else np.zeros(0, int)
+        keep = (ids >= 0) & (position < self.max_query_tokens)
+        counts = np.ones(int(keep.sum()), dtype=np.float32)
+        matrix = sp.csr_matrix(
+            (counts, (rows[keep], ids[keep])), shape=(len(queries), len(self.vocab_))
+        )
+        matrix.sum_duplicates()
+        return matrix
+
+    def _score_blocks(self, queries: Sequence[str]) -> Iterator[tuple[slice, np.ndarray]]:
+        """Dense (block x items) BM25 scores, -inf where an item matches no query term."""
+        queries = list(queries)
+        block = max(1, _BLOCK_CELLS // max(self.n_items_, 1))
+        for start in range(0, len(queries), block):
+            rows = slice(start, min(start + block, len(queries)))
+            sparse = (self._query_matrix(queries[rows]) @ self.term_weights_).tocsr()
+            dense = np.full(sparse.shape, -np.inf, dtype=np.float32)
+            row_ids = np.repeat(np.arange(sparse.shape[0]), np.diff(sparse.indptr))
+            dense[row_ids, sparse.indices] = sparse.data
+            yield rows, dense
+
+    def retrieve(self, queries: Sequence[str], k: int) -> tuple[np.ndarray, np.ndarray]:
+        ids = np.full((len(queries), k), -1, dtype=np.int64)
+        scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
+        for rows, dense in self._score_blocks(queries):
+            ids[rows], scores[rows] = top_k(dense, k)
+        return ids, scores
+
+    def score_items(self, queries: Sequence[str], item_ids: np.ndarray) -> np.ndarray:
+        """BM25 scores of given items per query (``item_ids`` (n, m), -1 = none): 0 if unmatched.
+
+        Fusion needs the lexical score of items that only the dense retriever found.
+        """
+        out = np.zeros(item_ids.shape, dtype=np.float32)
+        for rows, dense in self._score_blocks(queries):
+            taken = np.take_along_axis(dense, np.maximum(item_ids[rows], 0), axis=1)
+            out[rows] = np.where((item_ids[rows] >= 0) & np.isfinite(taken), taken, 0.0)
+        return out
+
+    def save(self, path: Path) -> None:
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        sp.save_npz(path / "term_weights.npz", self.term_weights_)
+        np.save(path / "vocab.npy", self.vocab_.to_numpy(dtype=str))
+        state = {"params": self.get_params(), "n_items": self.n_items_, "fields": self.fields_}
+        (path / "lexical.json").write_text(json.dumps(state, ensure_ascii=False, indent=1))
+
+    @classmethod
+    def load(cls, path: Path) -> Self:
+        path = Path(path)
+        state = json.loads((path / "lexical.json").read_text())
+        model = cls(**state["params"])
+        model.n_items_ = int(state["n_items"])
+        model.fields_ = list(state["fields"])
+        model.vocab_ = pd.Index(np.load(path / "vocab.npy").astype(object))
+        model.term_weights_ = sp.load_npz(path / "term_weights.npz").tocsr()
+        return model
+
+
+def field_text(values: pd.Series, field: str) -> pd.Series:
+    """The searchable text of a catalogue column; ``attributes`` JSON becomes "key value ...".
+
+    Attribute names are searchable too ("colour red" should match a query "red colour").
+    Parsing runs once per distinct value, since many items share attribute sets.
+    """
+    text = values.astype("string").fillna("").astype(object).astype(str)
+    if field != "attributes":
+        return text
+    uniques, inverse = np.unique(text.to_numpy(), return_inverse=True)
+    flat = np.array([_attributes_to_text(u) for u in uniques], dtype=object)
+    return pd.Series(flat[inverse], index=values.index, dtype=object)
+
+
+def _attributes_to_text(raw: str) -> str:
+    if not raw.strip():
+        return ""
+    try:
+        parsed = json.loads(raw)
+    except json.JSONDecodeError:
+        return raw  # not JSON after all: still worth searching as plain text
+    if not isinstance(parsed, dict):
+        return str(parsed)
+    return " ".join(f"{key} {value}" for key, value in parsed.items())

@@ -1,0 +1,195 @@
+"""Build, load and query an engine through the command-line contract."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+from typer.testing import CliRunner
+
+from shoplm import store
+from shoplm.cli import app
+from shoplm.data.privacy import PrivacyError
+from shoplm.engine import Engine, forget_user
+
+runner = CliRunner()
+
+CATALOG = (
+    "item_id,title,description,category,brand,price\n"
+    "drill-1,Cordless Drill 20V,Brushless motor,Tools > Drills,Makita,99\n"
+    "drill-2,Hammer Drill,Corded 800W,Tools > Drills,Bosch,79\n"
+    "saw-1,Circular Saw,7-1/4 inch blade,Tools > Saws,Makita,129\n"
+    "lamp-1,Desk Lamp,LED with dimmer,Home > Lighting,Ikea,25\n"
+    "bulb-1,LED Bulb 4-pack,Warm white E27,Home > Lighting,Philips,12\n"
+    "nails-1,,,,,\n"  # an item with no text at all is still an item
+)
+
+EVENTS = (
+    "user_id,item_id,event,timestamp\n"
+    "alice,drill-1,purchase,2024-01-01T10:00:00Z\n"
+    "alice,saw-1,view,2024-01-02T10:00:00Z\n"
+    "bob,drill-1,purchase,2024-01-03T10:00:00Z\n"
+    "bob,drill-2,purchase,2024-01-03T11:00:00Z\n"
+    "carol,drill-1,purchase,2024-01-04T10:00:00Z\n"
+    "carol,lamp-1,add_to_cart,2024-01-04T11:00:00Z\n"
+    "dave,bulb-1,purchase,2024-01-05T10:00:00Z\n"
+)
+
+
+@pytest.fixture
+def shop(tmp_path: Path, write) -> tuple[Path, Path]:
+    return write("catalog.csv", CATALOG), write("events.csv", EVENTS)
+
+
+def _build(shop, out: Path) -> None:
+    catalog, events = shop
+    result = runner.invoke(
+        app, ["build", "--catalog", str(catalog), "--events", str(events), "--out", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+
+
+def _jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def test_build_writes_a_versioned_engine_with_a_manifest(tmp_path, shop):
+    out = tmp_path / "engine"
+    _build(shop, out)
+    _build(shop, out)
+    assert [v.name for v in store.versions(out)] == ["v0001", "v0002"]
+    assert os.readlink(out / "current") == "v0002"
+    manifest = json.loads((out / "current" / "manifest.json").read_text())
+    assert manifest["counts"] == {"items": 6, "events": 7, "users": 4}
+    assert manifest["inputs"]["catalog"]["sha256"]
+    assert not any(p.name.startswith(".building") for p in out.iterdir())
+    # no raw user id is written anywhere in the engine
+    for path in (out / "v0002").rglob("*"):
+        if path.is_file():
+            assert b"alice" not in path.read_bytes(), path
+
+
+def test_search_and_recommend_batch_contract(tmp_path, shop, write):
+    out = tmp_path / "engine"
+    _build(shop, out)
+    queries = write("queries.txt", "cordless drill\nled lighting\n\n🙂🙂\n")
+    result = runner.invoke(
+        app,
+        [
+            "search",
+            "--engine",
+            str(out),
+            "--queries",
+            str(queries),
+            "--k",
+            "3",
+            "--out",
+            str(tmp_path / "s.jsonl"),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    hits = _jsonl(tmp_path / "s.jsonl")
+    assert [h["query"] for h in hits] == ["cordless drill", "led lighting", "", "🙂🙂"]
+    assert hits[0]["items"][0] == "drill-1"
+    assert set(hits[1]["items"][:2]) == {"lamp-1", "bulb-1"}
+    assert hits[2]["items"] == [] and hits[3]["items"] == []
+    assert all(len(h["items"]) == len(h["scores"]) <= 3 for h in hits)
+
+    users = write("users.txt", "alice\nnever-seen\n")
+    result = runner.invoke(
+        app,
+        [
+            "recommend",
+            "--engine",
+            str(out),
+            "--users",
+            str(users),
+            "--k",
+            "10",
+            "--out",
+            str(tmp_path / "r.jsonl"),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    alice, stranger = _jsonl(tmp_path / "r.jsonl")
+    assert alice["user"] == "alice" and stranger["user"] == "never-seen"
+    assert "drill-1" not in alice["items"] and "saw-1" not in alice["items"]  # already seen
+    assert stranger["items"][0] == "drill-1"  # the best seller
+    assert len(stranger["items"]) == 6 and len(alice["items"]) == 4
+    assert all(isinstance(r, str) and r for r in alice["reasons"])
+
+
+def test_a_catalogue_alone_is_enough(tmp_path, shop):
+    catalog, _ = shop
+    result = runner.invoke(app, ["build", "--catalog", str(catalog), "--out", str(tmp_path / "e")])
+    assert result.exit_code == 0, result.output
+    engine = Engine.load(tmp_path / "e")
+    assert engine.search(["circular saw"], 1)[0].items == ["saw-1"]
+    assert len(engine.recommend(["anyone"], 3)[0].items) == 3
+
+
+def test_forget_erases_a_user_everywhere(tmp_path, shop):
+    out = tmp_path / "engine"
+    _build(shop, out)
+    _build(shop, out)
+    result = runner.invoke(app, ["forget", "--engine", str(out), "--user", "alice"])
+    assert result.exit_code == 0, result.output
+    assert "removed 4 events" in result.output  # 2 events in each of the two versions
+    for version in store.versions(out):
+        assert pq.read_table(version / "events.parquet").num_rows == 5
+    engine = Engine.load(out)
+    assert engine.user_histories(["alice"]).lengths.tolist() == [0]
+    assert engine.user_histories(["bob"]).lengths.tolist() == [2]
+    assert forget_user(out, "alice") == 0
+
+
+def test_a_different_key_is_refused(tmp_path, shop, monkeypatch):
+    out = tmp_path / "engine"
+    _build(shop, out)
+    monkeypatch.setenv("SHOPLM_PSEUDONYM_KEY", "another-key-entirely-0123")
+    with pytest.raises(PrivacyError, match="not the one this engine was built with"):
+        Engine.load(out).recommend(["alice"], 3)
+
+
+def test_a_failed_build_leaves_the_live_engine_alone(tmp_path, shop, write):
+    out = tmp_path / "engine"
+    _build(shop, out)
+    empty = write("empty.csv", "item_id,title\n,nothing\n")
+    result = runner.invoke(app, ["build", "--catalog", str(empty), "--out", str(out)])
+    assert result.exit_code == 2
+    assert "no usable item" in result.output
+    assert [v.name for v in store.versions(out)] == ["v0001"]
+    assert os.readlink(out / "current") == "v0001"
+    assert sorted(p.name for p in out.iterdir()) == ["current", "v0001"]
+
+
+def test_not_an_engine_is_a_clear_error(tmp_path, write):
+    queries = write("q.txt", "x\n")
+    result = runner.invoke(
+        app,
+        [
+            "search",
+            "--engine",
+            str(tmp_path),
+            "--queries",
+            str(queries),
+            "--out",
+            str(tmp_path / "o.jsonl"),
+        ],
+    )
+    assert result.exit_code == 2
+    assert "not an engine directory" in result.output
+
+
+def test_events_without_timestamps_keep_file_order(tmp_path, write):
+    catalog = write("c.csv", "item_id\na\nb\nc\n")
+    events = write("e.csv", "user_id,item_id\nu,c\nu,a\nu,b\n")
+    Engine.build(catalog, tmp_path / "e", events)
+    engine = Engine.load(tmp_path / "e")
+    history = engine.user_histories(["u"])
+    assert engine.items["item_id"].to_numpy()[history.items].tolist() == ["c", "a", "b"]
+    assert pd.read_parquet(tmp_path / "e" / "current" / "events.parquet")["timestamp"].isna().all()
