@@ -100,11 +100,15 @@ def build(
     out: Annotated[Path, typer.Option("--out", help="engine directory to create or add to")],
     events: Annotated[Path | None, typer.Option("--events", help="event log file")] = None,
     config: ConfigOption = None,
+    search_labels: Annotated[
+        Path | None,
+        typer.Option("--search-labels", help="judged queries: query, item_id, relevance"),
+    ] = None,
 ) -> None:
     """Build a new engine version from a catalogue (and event log) and make it current."""
     cfg = _config(config)
     with _user_errors():
-        result = Engine.build(catalog, out, events, cfg, progress=True)
+        result = Engine.build(catalog, out, events, cfg, progress=True, search_labels=search_labels)
     _print_report(result.report)
     counts = result.manifest["counts"]
     console.print(

@@ -49,10 +49,23 @@ class PrivacyConfig(_Section):
 
 class LoadConfig(_Section):
     #: rows per chunk while streaming a file: bounds memory, whatever the file size
-    chunk_rows: int = Field(default=200_000, ge=1_000)
+    #: (about 1.5 KB per row in flight; 50,000 costs no speed against larger chunks)
+    chunk_rows: int = Field(default=50_000, ge=1_000)
     #: row-level problems kept in memory per (field, reason) for the printed report; every
     #: problem is still written to the issues file
     examples_per_reason: int = Field(default=5, ge=0)
+
+
+class SearchConfig(_Section):
+    #: candidates taken from each retriever before fusion and ranking
+    depth: int = Field(default=100, ge=10, le=2000)
+    #: dense retrieval with the packaged text encoder (off: lexical only)
+    dense: bool = True
+    #: "auto" (MiniLM for Latin-script catalogues, multilingual USE otherwise), "minilm", "use"
+    encoder: str = "auto"
+    spelling: bool = True
+    #: train a LambdaMART ranker when judged labels or search clicks are available
+    learn_to_rank: bool = True
 
 
 class ShoplmConfig(_Section):
@@ -60,6 +73,7 @@ class ShoplmConfig(_Section):
     events: EventsConfig = Field(default_factory=EventsConfig)
     privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
     load: LoadConfig = Field(default_factory=LoadConfig)
+    search: SearchConfig = Field(default_factory=SearchConfig)
 
 
 class ConfigError(ValueError):

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
@@ -28,11 +29,14 @@ from shoplm.config import ShoplmConfig
 from shoplm.data.catalog import load_catalog
 from shoplm.data.events import EVENT_SCHEMA, load_events
 from shoplm.data.interactions import Interactions, Sequences
+from shoplm.data.labels import load_search_labels
 from shoplm.data.privacy import PrivacyError, Pseudonymiser
 from shoplm.data.report import ValidationReport
 from shoplm.data.schema import EVENT_CODES, EventType
+from shoplm.models.encoders import cache_dir
 from shoplm.recommend.popularity import PopularityRecommender
-from shoplm.search.lexical import LexicalRetriever
+from shoplm.search.logs import search_clicks
+from shoplm.search.pipeline import SearchFilters, SearchPage, SearchPipeline
 
 FORMAT_VERSION = 1
 
@@ -82,7 +86,7 @@ class Engine:
         path: Path,
         manifest: dict,
         items: pd.DataFrame,
-        retriever: LexicalRetriever,
+        search_pipeline: SearchPipeline,
         recommender: PopularityRecommender,
         history_users: pd.Index,
         histories: Sequences,
@@ -91,7 +95,7 @@ class Engine:
         self.path = path
         self.manifest = manifest
         self.items = items
-        self.retriever = retriever
+        self.search_pipeline = search_pipeline
         self.recommender = recommender
         self.history_users = history_users
         self.histories = histories
@@ -112,6 +116,7 @@ class Engine:
         events: Path | None = None,
         config: ShoplmConfig | None = None,
         progress: bool = False,
+        search_labels: Path | None = None,
     ) -> BuildResult:
         """Validate the inputs and write a new engine version under ``out``; make it current."""
         config = config or ShoplmConfig()
@@ -139,12 +144,21 @@ class Engine:
                 )
             else:
                 pq.write_table(EVENT_SCHEMA.empty_table(), events_path)
+            labels = (
+                load_search_labels(
+                    search_labels, pd.Index(items["item_id"]), report, config.load.chunk_rows
+                )
+                if search_labels is not None
+                else None
+            )
             report.close()
             report.write_json(staging / "validation" / "report.json")
 
-            interactions, users = _interactions(pq.read_table(events_path), len(items))
+            event_table = pq.read_table(events_path)
+            interactions, users = _interactions(event_table, len(items))
             _write_histories(staging, interactions, users)
-            LexicalRetriever().fit(items).save(staging / "search" / "lexical")
+            search = _fit_search(items, event_table, interactions, labels, config)
+            search.save(staging / "search")
             PopularityRecommender().fit(interactions).save(staging / "recommend" / "popularity")
 
             manifest = {
@@ -157,6 +171,9 @@ class Engine:
                 "inputs": {
                     "catalog": _describe_input(Path(catalog)),
                     "events": _describe_input(Path(events)) if events else None,
+                    "search_labels": (
+                        _describe_input(Path(search_labels)) if search_labels else None
+                    ),
                 },
                 "counts": {
                     "items": len(items),
@@ -166,7 +183,7 @@ class Engine:
                 "validation": {"errors": report.n_errors, "warnings": report.n_warnings},
                 "pseudonym_key_fingerprint": pseudonymiser.fingerprint,
                 "components": {
-                    "search": ["lexical"],
+                    "search": _search_stages(search),
                     "recommend": ["popularity"],
                 },
             }
@@ -197,7 +214,7 @@ class Engine:
             path=version,
             manifest=manifest,
             items=pd.read_parquet(version / "items.parquet"),
-            retriever=LexicalRetriever.load(version / "search" / "lexical"),
+            search_pipeline=SearchPipeline.load(version / "search"),
             recommender=PopularityRecommender.load(version / "recommend" / "popularity"),
             history_users=pd.Index(users),
             histories=Sequences(arrays["indptr"], arrays["items"]),
@@ -206,11 +223,21 @@ class Engine:
 
     # ------------------------------------------------------------------ queries
     def search(self, queries: Sequence[str], k: int = 10) -> list[SearchResult]:
-        ids, scores = self.retriever.retrieve(list(queries), k)
+        ids, scores = self.search_pipeline.retrieve(list(queries), k)
         return [
             SearchResult(q, *self._external(row_ids, row_scores))
             for q, row_ids, row_scores in zip(queries, ids, scores, strict=True)
         ]
+
+    def search_page(
+        self, query: str, k: int = 10, offset: int = 0, filters: SearchFilters | None = None
+    ) -> SearchPage:
+        """One page of results with facets, for the storefront and the HTTP API."""
+        return self.search_pipeline.search(query, k, offset, filters)
+
+    def item_ids(self, ids: np.ndarray) -> list[str]:
+        """The shop's own ids of internal item ids."""
+        return self._item_ids[ids].tolist()
 
     def recommend(self, users: Sequence[str], k: int = 10) -> list[Recommendation]:
         histories = self.user_histories(users)
@@ -279,26 +306,75 @@ def forget_user(root: Path, user_id: str, config: ShoplmConfig | None = None) ->
 
 
 # ---------------------------------------------------------------------- helpers
-def _interactions(events, n_items: int) -> tuple[Interactions, np.ndarray]:
-    """Interactions from the event table, plus the pseudonym of each user row."""
-    frame = events.select(["user", "item", "event", "timestamp", "seq"]).to_pandas()
+def _fit_search(
+    items: pd.DataFrame,
+    events: pa.Table,
+    interactions: Interactions,
+    labels: pd.DataFrame | None,
+    config: ShoplmConfig,
+) -> SearchPipeline:
+    settings = config.search
+    item_events = pd.DataFrame(
+        {
+            "item": interactions.items,
+            "weight": interactions.weights,
+            "purchase": (interactions.weights == EVENT_WEIGHTS[EventType.PURCHASE]).astype(
+                np.float32
+            ),
+        }
+    )
+    # only the events of users who searched can be credited to a search
+    searchers = pc.unique(events.filter(pc.equal(events["event"], EVENT_CODES["search"]))["user"])
+    clicks = search_clicks(
+        events.filter(pc.is_in(events["user"], value_set=searchers))
+        .select(["user", "item", "event", "timestamp", "query", "seq"])
+        .to_pandas()
+    )
+    return SearchPipeline(
+        depth=settings.depth,
+        dense=settings.dense,
+        encoder=settings.encoder,
+        spelling=settings.spelling,
+        learn_to_rank=settings.learn_to_rank,
+        vector_cache=cache_dir() / "vectors",
+    ).fit(items, labels, item_events, clicks)
+
+
+def _search_stages(search: SearchPipeline) -> list[str]:
+    stages = ["query-parser", "lexical"]
+    if search.hybrid_ is not None:
+        stages += ["dense", f"fusion({search.hybrid_.method}, w={search.hybrid_.weight})"]
+    if search.ranker_ is not None:
+        stages.append("lambdamart")
+    return stages
+
+
+def _interactions(events: pa.Table, n_items: int) -> tuple[Interactions, np.ndarray]:
+    """Interactions from the event table, plus the pseudonym of each user row.
+
+    Works on Arrow columns (users dictionary-encoded), so a large log never becomes a
+    column of Python strings.
+    """
     code_weights = np.zeros(max(EVENT_CODES.values()) + 1, dtype=np.float32)
     for name, weight in EVENT_WEIGHTS.items():
         code_weights[EVENT_CODES[name]] = weight
-    weights = code_weights[frame["event"].to_numpy()]
-    useful = (weights > 0) & (frame["item"].to_numpy() >= 0)
-    frame = frame[useful]
-    users, user_rows = np.unique(frame["user"].to_numpy(dtype=object), return_inverse=True)
+    weights = code_weights[events["event"].to_numpy()]
+    useful = (weights > 0) & (events["item"].to_numpy() >= 0)
+    table = events.select(["user", "item", "timestamp", "seq"]).filter(pa.array(useful))
+    encoded = pc.dictionary_encode(table["user"]).combine_chunks()
+    users = encoded.dictionary.to_numpy(zero_copy_only=False).astype(object)
     # An event without a timestamp takes the time of the event before it in the file, so
     # it stays where the file put it.
-    order = np.argsort(frame["seq"].to_numpy(), kind="stable")
-    epoch = pd.Timestamp(0, tz="UTC")
-    stamps = frame["timestamp"].iloc[order].ffill().fillna(epoch)
-    times = np.empty(len(frame), dtype=np.int64)
-    times[order] = ((stamps - epoch) // pd.Timedelta(seconds=1)).to_numpy(dtype=np.int64)
+    order = np.argsort(table["seq"].to_numpy(), kind="stable")
+    stamps = pd.Series(
+        table["timestamp"].cast(pa.int64()).to_numpy(zero_copy_only=False)[order], dtype="Int64"
+    )
+    seconds = (stamps.ffill().fillna(0).to_numpy(dtype=np.int64)) // 1_000_000_000
+    times = np.empty(len(order), dtype=np.int64)
+    times[order] = seconds
     interactions = Interactions(
-        users=user_rows,
-        items=frame["item"].to_numpy(),
+        users=encoded.indices.to_numpy(),
+        items=table["item"].to_numpy(),
         times=times,
         weights=weights[useful],
         n_users=len(users),

@@ -55,8 +55,14 @@ class _DuplicateFinder:
         if idx.size:
             hashes = pd.util.hash_pandas_object(rows.iloc[idx], index=False).to_numpy()
             repeated = pd.Series(hashes).duplicated().to_numpy()
-            duplicate[idx] = np.isin(hashes, self._seen) | repeated
-            self._seen = np.union1d(self._seen, hashes)
+            # _seen stays sorted, so a chunk costs a binary search per row and one sort of
+            # the merged array, not a pass of np.unique over everything seen so far.
+            pos = np.minimum(np.searchsorted(self._seen, hashes), max(self._seen.size - 1, 0))
+            earlier = self._seen[pos] == hashes if self._seen.size else np.zeros_like(repeated)
+            duplicate[idx] = earlier | repeated
+            merged = np.concatenate([self._seen, hashes[~duplicate[idx]]])
+            merged.sort()
+            self._seen = merged
         return duplicate
 
 

@@ -62,21 +62,23 @@ def parse_timestamps(values: pd.Series, now: pd.Timestamp | None = None) -> Pars
     if pd.api.types.is_datetime64_any_dtype(values.dtype):
         stamps = pd.to_datetime(values, utc=True)
     else:
+        # ISO 8601 first (the common case, and "20240101" is a date, not an epoch), then
+        # epoch numbers, then any other date format, each on what is still unparsed.
         stamps = pd.Series(pd.NaT, index=values.index, dtype="datetime64[ns, UTC]")
-        numbers = parse_numbers(values).values
-        is_number = np.isfinite(numbers)
-        if is_number.any():
-            stamps[is_number] = _from_epoch(numbers[is_number])
-        text_rows = ~is_number & ~missing
-        if text_rows.any():
-            text = values[text_rows].astype(str).str.strip()
-            parsed = pd.to_datetime(text, utc=True, errors="coerce", format="ISO8601")
-            retry = parsed.isna().to_numpy()
-            if retry.any():
-                parsed[retry] = pd.to_datetime(
-                    text[retry], utc=True, errors="coerce", format="mixed"
-                )
-            stamps[text_rows] = parsed
+        todo = ~missing
+        text = values[todo].astype(str).str.strip()
+        stamps[todo] = pd.to_datetime(text, utc=True, errors="coerce", format="ISO8601")
+        todo &= stamps.isna().to_numpy()
+        if todo.any():
+            numbers = parse_numbers(values[todo]).values
+            is_number = np.isfinite(numbers)
+            rows = np.flatnonzero(todo)[is_number]
+            stamps.iloc[rows] = _from_epoch(numbers[is_number])
+            todo[rows] = False
+        if todo.any():
+            stamps[todo] = pd.to_datetime(
+                values[todo].astype(str).str.strip(), utc=True, errors="coerce", format="mixed"
+            )
     stamps = stamps.astype("datetime64[ns, UTC]")
     out_of_range = ((stamps < _EARLIEST) | (stamps > now + pd.Timedelta(days=1))).to_numpy(
         dtype=bool, na_value=False

@@ -45,6 +45,8 @@ class Pseudonymiser:
         if len(key) < 16:
             raise PrivacyError("the pseudonymisation key must be at least 16 bytes long")
         self._key = key
+        # the keyed state is built once; copying it per id skips re-deriving the key pads
+        self._keyed = hmac.new(key, digestmod=hashlib.sha256)
 
     @classmethod
     def from_config(cls, config: PrivacyConfig, create: bool = False) -> Pseudonymiser:
@@ -74,15 +76,15 @@ class Pseudonymiser:
         return hmac.new(self._key, b"shoplm key fingerprint", hashlib.sha256).hexdigest()[:16]
 
     def pseudonymise_one(self, user_id: str) -> str:
-        digest = hmac.new(self._key, user_id.encode("utf-8"), hashlib.sha256).hexdigest()
-        return digest[:_PSEUDONYM_HEX_CHARS]
+        digest = self._keyed.copy()
+        digest.update(user_id.encode("utf-8"))
+        return digest.hexdigest()[:_PSEUDONYM_HEX_CHARS]
 
     def pseudonymise(self, user_ids: pd.Series | np.ndarray) -> np.ndarray:
         """Pseudonyms for a batch; each distinct id is hashed once."""
-        values = np.asarray(user_ids, dtype=object).astype(str)
-        uniques, inverse = np.unique(values, return_inverse=True)
+        codes, uniques = pd.factorize(np.asarray(user_ids, dtype=object).astype(str))
         hashed = np.array([self.pseudonymise_one(u) for u in uniques], dtype=object)
-        return hashed[inverse]
+        return hashed[codes]
 
 
 def mask_contact_data(text: pd.Series) -> tuple[pd.Series, np.ndarray]:
@@ -90,7 +92,10 @@ def mask_contact_data(text: pd.Series) -> tuple[pd.Series, np.ndarray]:
 
     Returns the masked text and a mask of the rows that were changed.
     """
-    masked = text.str.replace(_EMAIL, "[email]", regex=True).str.replace(
+    codes, uniques = pd.factorize(text.fillna("").astype(str))
+    distinct = pd.Series(uniques, dtype=object)
+    masked_uniques = distinct.str.replace(_EMAIL, "[email]", regex=True).str.replace(
         _PHONE, _mask_phone, regex=True
     )
-    return masked, (masked != text).to_numpy()
+    masked = pd.Series(masked_uniques.to_numpy(dtype=object)[codes], index=text.index, dtype=object)
+    return masked, (masked_uniques != distinct).to_numpy()[codes]

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import re
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
@@ -26,6 +27,8 @@ import pandas as pd
 _HAN = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
 #: a run of Han characters, or a run of other word characters (letters, digits; not "_")
 _WORD = re.compile(rf"[{_HAN}]+|[^\W_{_HAN}]+")
+_SEPARATOR = "\x1e"  # ASCII record separator: not a word character, never in a token
+_WORD_OR_SEPARATOR = re.compile(f"{_SEPARATOR}|{_WORD.pattern}")
 _IS_HAN = re.compile(rf"[{_HAN}]")
 _LATIN_LETTER = re.compile(r"[a-zA-Z\u00c0-\u024f]")
 _SINGLE_LETTER = re.compile(r"^[^\W\d_]$")
@@ -61,6 +64,11 @@ class TextAnalyzer:
     ``stopwords`` a bm25s stop-word list name (or ``None``); both apply to non-Han words.
     Single letters are dropped with the stop words: in a catalogue they are mostly the
     ``x`` of ``3 in. x 8 ft.`` and match everything.
+
+    With ``char_ngrams=n`` the analyzer instead emits the character n-grams of each word
+    (Han runs: character bigrams), marked with a leading ``#`` so they never collide with
+    word tokens in a shared vocabulary. They match misspellings ("recepicating") and
+    run-together words ("concretetile") that whole words miss.
     """
 
     def __init__(
@@ -68,39 +76,46 @@ class TextAnalyzer:
         stemmer: str | None = "english",
         stopwords: str | None = "en",
         han_chars: bool = True,
+        char_ngrams: int | None = None,
     ) -> None:
         self.stemmer = stemmer
         self.stopwords = stopwords
         self.han_chars = han_chars
-
-    def get_params(self) -> dict[str, object]:
-        return {"stemmer": self.stemmer, "stopwords": self.stopwords, "han_chars": self.han_chars}
+        self.char_ngrams = char_ngrams
 
     def analyze(self, texts: Sequence[str]) -> Tokenized:
-        """Tokenise every text; empty, emoji-only or garbage input gives zero tokens."""
-        normalised = pd.Series(list(texts), dtype=object).fillna("").astype(str)
-        normalised = normalised.str.normalize("NFKC").str.casefold()
-        words = normalised.str.findall(_WORD)
-        counts = words.str.len().to_numpy(dtype=np.int64)
-        flat = np.asarray(words.explode().dropna().to_numpy(), dtype=object)
-        codes, uniques = pd.factorize(flat)
+        """Tokenise every text; empty, emoji-only or garbage input gives zero tokens.
+
+        All texts are joined with a record separator and normalised and split by one regex
+        pass over the joined string, so the per-text cost is C code, not Python; the separator
+        matches as a word of its own and marks where each text ends.
+        """
+        cleaned = [t.replace(_SEPARATOR, " ") if isinstance(t, str) else "" for t in texts]
+        joined = unicodedata.normalize("NFKC", _SEPARATOR.join([*cleaned, ""])).casefold()
+        found = np.array(_WORD_OR_SEPARATOR.findall(joined), dtype=object)
+        is_separator = found == _SEPARATOR
+        word_rows = np.cumsum(is_separator)[~is_separator]
+        codes, uniques = pd.factorize(found[~is_separator])
         expansions = [self._expand(str(word)) for word in uniques]
         # Expand every occurrence of a distinct word into that word's tokens, vectorised.
         sizes = np.array([len(e) for e in expansions], dtype=np.int64)
         starts = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
-        pool = np.array([t for e in expansions for t in e], dtype=object)
+        pool = np.array([t for e in expansions for t in e] or [""], dtype=object)
         occurrence_sizes = sizes[codes]
         offsets = np.arange(occurrence_sizes.sum()) - np.repeat(
             np.cumsum(occurrence_sizes) - occurrence_sizes, occurrence_sizes
         )
         tokens = pool[np.repeat(starts[codes], occurrence_sizes) + offsets]
-        word_rows = np.repeat(np.arange(len(normalised)), counts)
-        text_sizes = np.bincount(word_rows, weights=occurrence_sizes, minlength=len(normalised))
+        text_sizes = np.bincount(word_rows, weights=occurrence_sizes, minlength=len(cleaned))
         indptr = np.concatenate([[0], np.cumsum(text_sizes)]).astype(np.int64)
-        return Tokenized(indptr=indptr, tokens=tokens.astype(object))
+        return Tokenized(indptr=indptr, tokens=tokens)
 
     def _expand(self, word: str) -> list[str]:
         """The tokens that one distinct word (a Han run or another word run) contributes."""
+        if self.char_ngrams:
+            n = 2 if _IS_HAN.match(word) else self.char_ngrams
+            grams = [word[i : i + n] for i in range(max(len(word) - n + 1, 1))]
+            return [f"#{gram}" for gram in grams]
         if _IS_HAN.match(word):
             segments = [s for s in _jieba().cut_for_search(word) if s.strip()]
             if self.han_chars:

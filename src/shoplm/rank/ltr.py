@@ -1,0 +1,113 @@
+"""LambdaMART (LightGBM's lambdarank objective) over candidate features.
+
+LightGBM was chosen because it is the reference LambdaMART implementation, trains on
+hundreds of thousands of (query, candidate) rows in seconds on two cores, and predicts a
+hundred candidates in well under a millisecond.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Self
+
+import lightgbm as lgb
+import numpy as np
+
+
+class LambdaMARTRanker:
+    """Learns to order each query's candidates from graded labels (ints, higher = better).
+
+    Training rows are grouped by query (``group`` = candidates per query, in row order). A
+    validation set, when given, chooses the number of trees by early stopping on NDCG@10.
+    """
+
+    def __init__(
+        self,
+        n_estimators: int = 500,
+        learning_rate: float = 0.05,
+        num_leaves: int = 31,
+        min_child_samples: int = 50,
+        feature_fraction: float = 0.9,
+        early_stopping_rounds: int = 50,
+        seed: int = 0,
+        threads: int = 2,
+    ) -> None:
+        self.n_estimators = n_estimators
+        self.learning_rate = learning_rate
+        self.num_leaves = num_leaves
+        self.min_child_samples = min_child_samples
+        self.feature_fraction = feature_fraction
+        self.early_stopping_rounds = early_stopping_rounds
+        self.seed = seed
+        self.threads = threads
+
+    def get_params(self) -> dict[str, object]:
+        return {
+            "n_estimators": self.n_estimators,
+            "learning_rate": self.learning_rate,
+            "num_leaves": self.num_leaves,
+            "min_child_samples": self.min_child_samples,
+            "feature_fraction": self.feature_fraction,
+            "early_stopping_rounds": self.early_stopping_rounds,
+            "seed": self.seed,
+            "threads": self.threads,
+        }
+
+    def fit(
+        self,
+        features: np.ndarray,
+        labels: np.ndarray,
+        group: np.ndarray,
+        valid: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+        feature_names: list[str] | None = None,
+    ) -> Self:
+        params = {
+            "objective": "lambdarank",
+            "metric": "ndcg",
+            "eval_at": [10],
+            # linear gains, as the NDCG the ranker is judged by (LightGBM's default is 2^g - 1)
+            "label_gain": list(range(32)),
+            "learning_rate": self.learning_rate,
+            "num_leaves": self.num_leaves,
+            "min_child_samples": self.min_child_samples,
+            "feature_fraction": self.feature_fraction,
+            "seed": self.seed,
+            "deterministic": True,
+            "num_threads": self.threads,
+            "verbosity": -1,
+        }
+        train = lgb.Dataset(features, labels, group=group, feature_name=feature_names or "auto")
+        sets, callbacks = [], []
+        if valid is not None:
+            sets = [lgb.Dataset(valid[0], valid[1], group=valid[2], reference=train)]
+            callbacks = [lgb.early_stopping(self.early_stopping_rounds, verbose=False)]
+        self.booster_ = lgb.train(
+            params,
+            train,
+            num_boost_round=self.n_estimators,
+            valid_sets=sets,
+            callbacks=callbacks,
+        )
+        return self
+
+    def predict(self, features: np.ndarray) -> np.ndarray:
+        if len(features) == 0:
+            return np.zeros(0, dtype=np.float32)
+        best = self.booster_.best_iteration or None
+        return self.booster_.predict(features, num_iteration=best).astype(np.float32)
+
+    def feature_importance(self) -> dict[str, float]:
+        gains = self.booster_.feature_importance(importance_type="gain")
+        return dict(zip(self.booster_.feature_name(), gains.tolist(), strict=True))
+
+    def save(self, path: Path) -> None:
+        path.mkdir(parents=True, exist_ok=True)
+        self.booster_.save_model(str(path / "lambdamart.txt"))
+        (path / "ranker.json").write_text(json.dumps({"params": self.get_params()}))
+
+    @classmethod
+    def load(cls, path: Path) -> Self:
+        model = cls(**json.loads((path / "ranker.json").read_text())["params"])
+        model.booster_ = lgb.Booster(model_file=str(path / "lambdamart.txt"))
+        return model
