@@ -18,8 +18,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+# Build the demo shop, show a few answers, then serve it over HTTP (Ctrl-C stops it).
 run: install
 	$(BIN)/shoplm demo --out .shoplm/demo
+	$(BIN)/shoplm serve --engine .shoplm/demo/engine --host 127.0.0.1 --port 8000
 
 test: install lint
 	$(BIN)/pytest -q

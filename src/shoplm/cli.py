@@ -21,6 +21,7 @@ from shoplm.data.privacy import PrivacyError, Pseudonymiser
 from shoplm.data.readers import InputError
 from shoplm.data.report import SEVERITY_MEANING, ValidationReport
 from shoplm.engine import BuildError, Engine, forget_user
+from shoplm.serve.command import serve
 from shoplm.store import EngineNotFoundError
 
 app = typer.Typer(
@@ -197,6 +198,9 @@ def demo(
         )
     console.print(table)
     console.print(f"engine: {result.path}")
+
+
+app.command()(serve)
 
 
 def _load(engine: Path) -> Engine:

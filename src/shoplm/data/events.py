@@ -42,7 +42,7 @@ EVENT_SCHEMA = pa.schema(
 _NO_TIME = np.iinfo(np.int64).min
 
 
-class _DuplicateFinder:
+class DuplicateFinder:
     """Exact duplicates across chunks, by a 64-bit hash of the whole canonical row."""
 
     def __init__(self) -> None:
@@ -82,7 +82,7 @@ def load_events(
     path = Path(path)
     name = str(path)
     stats = report.stats(name)
-    duplicates = _DuplicateFinder()
+    duplicates = DuplicateFinder()
     writer = pq.ParquetWriter(out, EVENT_SCHEMA, compression="zstd") if out else None
     seq_start = 0
     try:
@@ -92,7 +92,7 @@ def load_events(
                 report.add(name, np.array([problem.row]), "(record)", "error", problem.reason)
             if chunk.frame.empty:
                 continue
-            table = _normalise_events(
+            table = normalise_events(
                 path,
                 chunk.frame,
                 chunk.rows,
@@ -114,7 +114,7 @@ def load_events(
     return stats.rows_kept
 
 
-def _normalise_events(
+def normalise_events(
     path: Path,
     frame: pd.DataFrame,
     rows: np.ndarray,
@@ -122,7 +122,7 @@ def _normalise_events(
     item_ids: pd.Index,
     pseudonymiser: Pseudonymiser,
     report: ValidationReport,
-    duplicates: _DuplicateFinder,
+    duplicates: DuplicateFinder,
     seq_start: int,
 ) -> pa.Table:
     name = str(path)

@@ -1,0 +1,51 @@
+"""Service settings: who may write, how big a request may be, who may call from a browser."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+_SHA256_HEX = 64
+
+
+def hash_api_key(key: str) -> str:
+    """The SHA-256 hex digest stored in place of an API key.
+
+    Keys are long random tokens, so a plain (unsalted, fast) hash is enough: there is no
+    small space of likely keys to search, and a leaked settings file gives no usable key.
+    """
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()
+
+
+class ServeSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    #: SHA-256 hex digests of the accepted API keys (see :func:`hash_api_key`)
+    api_key_hashes: list[str] = Field(default_factory=list)
+    #: environment variable with further keys in clear, comma-separated; hashed at start
+    api_keys_env: str = "SHOPLM_API_KEYS"
+    #: require a key on read routes (search, recommendations) too
+    protect_reads: bool = False
+    #: larger request bodies are refused with 413 before they are read
+    max_body_bytes: int = Field(default=1_048_576, ge=1_024)
+    max_events_per_request: int = Field(default=1_000, ge=1)
+    #: browser origins allowed to call the API (CORS); empty allows none
+    cors_origins: list[str] = Field(default_factory=list)
+    #: recent items kept per user for real-time recommendations
+    session_items: int = Field(default=50, ge=1)
+
+    @field_validator("api_key_hashes")
+    @classmethod
+    def _hex_digests(cls, value: list[str]) -> list[str]:
+        for digest in value:
+            if len(digest) != _SHA256_HEX or not all(c in "0123456789abcdef" for c in digest):
+                raise ValueError("api_key_hashes: each entry must be a lowercase SHA-256 hex")
+        return value
+
+    def key_digests(self) -> list[bytes]:
+        """Digests of every accepted key: the configured hashes and the keys in the env."""
+        from_env = [k.strip() for k in os.environ.get(self.api_keys_env, "").split(",")]
+        digests = self.api_key_hashes + [hash_api_key(k) for k in from_env if k]
+        return [bytes.fromhex(d) for d in digests]
