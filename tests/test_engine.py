@@ -193,3 +193,15 @@ def test_events_without_timestamps_keep_file_order(tmp_path, write):
     history = engine.user_histories(["u"])
     assert engine.items["item_id"].to_numpy()[history.items].tolist() == ["c", "a", "b"]
     assert pd.read_parquet(tmp_path / "e" / "current" / "events.parquet")["timestamp"].isna().all()
+
+
+def test_recommendations_are_explained(tmp_path, shop):
+    out = tmp_path / "engine"
+    _build(shop, out)
+    engine = Engine.load(out)
+    alice, stranger = engine.recommend(["alice", "never-seen"], 10)
+    # bob and carol bought the cordless drill with drill-2 and lamp-1: alice gets those first
+    assert set(alice.items[:2]) == {"drill-2", "lamp-1"}
+    assert alice.reasons[:2] == ["bought together with Cordless Drill 20V"] * 2
+    assert alice.reasons[2:] == ["popular in the shop"] * (len(alice.items) - 2)
+    assert stranger.reasons == ["popular in the shop"] * len(stranger.items)

@@ -34,6 +34,8 @@ from shoplm.data.privacy import PrivacyError, Pseudonymiser
 from shoplm.data.report import ValidationReport
 from shoplm.data.schema import EVENT_CODES, EventType
 from shoplm.models.encoders import cache_dir
+from shoplm.recommend.cooccurrence import CooccurrenceRecommender
+from shoplm.recommend.feed import PersonalFeed
 from shoplm.recommend.popularity import PopularityRecommender
 from shoplm.search.logs import search_clicks
 from shoplm.search.pipeline import SearchFilters, SearchPage, SearchPipeline
@@ -88,6 +90,7 @@ class Engine:
         items: pd.DataFrame,
         search_pipeline: SearchPipeline,
         recommender: PopularityRecommender,
+        cooccurrence: CooccurrenceRecommender,
         history_users: pd.Index,
         histories: Sequences,
         config: ShoplmConfig,
@@ -97,6 +100,8 @@ class Engine:
         self.items = items
         self.search_pipeline = search_pipeline
         self.recommender = recommender
+        self.cooccurrence = cooccurrence
+        self.feed = PersonalFeed(cooccurrence, recommender, items["title"].to_numpy(dtype=object))
         self.history_users = history_users
         self.histories = histories
         self.config = config
@@ -160,6 +165,7 @@ class Engine:
             search = _fit_search(items, event_table, interactions, labels, config)
             search.save(staging / "search")
             PopularityRecommender().fit(interactions).save(staging / "recommend" / "popularity")
+            CooccurrenceRecommender().fit(interactions).save(staging / "recommend" / "cooccurrence")
 
             manifest = {
                 "format_version": FORMAT_VERSION,
@@ -184,7 +190,7 @@ class Engine:
                 "pseudonym_key_fingerprint": pseudonymiser.fingerprint,
                 "components": {
                     "search": _search_stages(search),
-                    "recommend": ["popularity"],
+                    "recommend": ["cooccurrence", "popularity"],
                 },
             }
             (staging / store.MANIFEST).write_text(json.dumps(manifest, indent=2), "utf-8")
@@ -216,6 +222,7 @@ class Engine:
             items=pd.read_parquet(version / "items.parquet"),
             search_pipeline=SearchPipeline.load(version / "search"),
             recommender=PopularityRecommender.load(version / "recommend" / "popularity"),
+            cooccurrence=CooccurrenceRecommender.load(version / "recommend" / "cooccurrence"),
             history_users=pd.Index(users),
             histories=Sequences(arrays["indptr"], arrays["items"]),
             config=config,
@@ -240,14 +247,17 @@ class Engine:
         return self._item_ids[ids].tolist()
 
     def recommend(self, users: Sequence[str], k: int = 10) -> list[Recommendation]:
-        histories = self.user_histories(users)
-        ids, scores = self.recommender.recommend(histories, k, exclude_seen=True)
+        return self.recommend_histories(users, self.user_histories(users), k)
+
+    def recommend_histories(
+        self, users: Sequence[str], histories: Sequences, k: int = 10
+    ) -> list[Recommendation]:
+        """Recommendations for given histories (the service adds the live session's items)."""
+        ids, scores, reasons = self.feed.recommend(histories, k)
         results = []
-        for user, row_ids, row_scores in zip(users, ids, scores, strict=True):
+        for user, row_ids, row_scores, why in zip(users, ids, scores, reasons, strict=True):
             items, kept_scores = self._external(row_ids, row_scores)
-            results.append(
-                Recommendation(user, items, kept_scores, ["popular in the shop"] * len(items))
-            )
+            results.append(Recommendation(user, items, kept_scores, why))
         return results
 
     def user_histories(self, users: Sequence[str]) -> Sequences:

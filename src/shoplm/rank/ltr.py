@@ -95,7 +95,9 @@ class LambdaMARTRanker:
         if len(features) == 0:
             return np.zeros(0, dtype=np.float32)
         best = self.booster_.best_iteration or None
-        return self.booster_.predict(features, num_iteration=best).astype(np.float32)
+        # One thread: a query's few hundred candidates take ~1 ms on one core, while
+        # waking an OpenMP team costs several ms on a busy machine (measured 1.4 vs 8 ms).
+        return self.booster_.predict(features, num_iteration=best, num_threads=1).astype(np.float32)
 
     def feature_importance(self) -> dict[str, float]:
         gains = self.booster_.feature_importance(importance_type="gain")

@@ -20,7 +20,7 @@ from starlette.responses import Response
 
 from shoplm import __version__
 from shoplm.search.pipeline import SearchFilters
-from shoplm.serve.live import POPULAR_REASON, EventsRejected, LiveEngine
+from shoplm.serve.live import EventsRejected, LiveEngine
 from shoplm.serve.observability import LOGGER, Metrics, RequestObserver
 from shoplm.serve.schemas import (
     EventsAccepted,
@@ -133,9 +133,13 @@ def create_app(engine_dir: Path, data_dir: Path, settings: ServeSettings | None 
         found = live.recommend(user_id, k)
         return RecommendationsOut(
             items=[
-                RecommendedItem(id=i, title=t, score=s, reason=POPULAR_REASON)
-                for i, t, s in zip(
-                    live.item_ids(found.ids), live.titles(found.ids), found.scores, strict=True
+                RecommendedItem(id=i, title=t, score=s, reason=r)
+                for i, t, s, r in zip(
+                    live.item_ids(found.ids),
+                    live.titles(found.ids),
+                    found.scores,
+                    found.reasons or [],
+                    strict=True,
                 )
             ]
         )

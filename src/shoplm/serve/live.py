@@ -29,8 +29,6 @@ from shoplm.realtime.sessions import SessionStore
 from shoplm.search.pipeline import SearchFilters
 
 _EVENT_NAMES = np.array(list(EVENT_CODES), dtype=object)
-#: the only recommender an engine holds today; its answer needs no more explanation
-POPULAR_REASON = "popular in the shop"
 
 
 @dataclass
@@ -59,6 +57,8 @@ class Ranked:
     suggestion: str | None = None
     facets: dict[str, dict[str, int]] | None = None
     applied: dict[str, object] | None = None
+    #: one reason per item, for recommendations
+    reasons: list[str] | None = None
 
 
 class LiveEngine:
@@ -157,11 +157,13 @@ class LiveEngine:
         recent = recent[recent < self.catalog.n_base]
         history = Sequences.from_lists([np.concatenate([built, recent])])
         hidden = int(self.catalog.deleted[: self.catalog.n_base].sum())
-        ids, scores = self.engine.recommender.recommend(history, k + hidden, exclude_seen=True)
+        ids, scores, reasons = self.engine.feed.recommend(history, k + hidden)
         ids, scores = ids[0], scores[0]
-        keep = ids >= 0
-        keep[keep] = ~self.catalog.deleted[ids[keep]]
-        return Ranked(ids[keep][:k], scores[keep][:k].astype(float))
+        listed = ids >= 0
+        ids, scores = ids[listed], scores[listed]
+        keep = ~self.catalog.deleted[ids]
+        why = [r for r, kept in zip(reasons[0], keep, strict=True) if kept][:k]
+        return Ranked(ids[keep][:k], scores[keep][:k].astype(float), reasons=why)
 
     def titles(self, ids: np.ndarray) -> list[str]:
         return self.catalog.titles[ids].tolist()

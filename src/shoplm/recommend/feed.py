@@ -1,0 +1,75 @@
+"""The personal feed: items bought with the user's recent items first, popular items after,
+each with the reason it is there.
+
+Co-occurrence is the strongest source measured so far on all three benchmarks
+(docs/benchmarks.md); popularity fills the rest of the list and answers users with no
+history, so every request gets a full, explained list.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from shoplm.data.interactions import Sequences
+from shoplm.recommend.base import top_k
+from shoplm.recommend.cooccurrence import CooccurrenceRecommender, history_matrix
+from shoplm.recommend.popularity import PopularityRecommender
+
+POPULAR = "popular in the shop"
+
+
+class PersonalFeed:
+    """Ranks co-occurring items above popular ones; explains each recommendation."""
+
+    def __init__(
+        self,
+        cooccurrence: CooccurrenceRecommender,
+        popularity: PopularityRecommender,
+        titles: np.ndarray,
+    ) -> None:
+        self.cooccurrence = cooccurrence
+        self.popularity = popularity
+        self.titles = titles
+
+    def recommend(
+        self, histories: Sequences, k: int
+    ) -> tuple[np.ndarray, np.ndarray, list[list[str]]]:
+        """Top ``k`` unseen items per history, their scores and one reason per item."""
+        together = self.cooccurrence.score(histories)
+        popular = self.popularity.score(histories)
+        # co-occurring items land in [1, 2], popular-only ones in [0, 0.5]: the second
+        # source never outranks the first, and popularity orders ties within each band
+        scores = np.where(together > 0, 1.0 + together / _row_max(together), 0.0)
+        scores += 0.5 * popular / _row_max(popular)
+        rows = np.repeat(np.arange(len(histories)), histories.lengths)
+        scores[rows, histories.items] = -np.inf
+        ids, best = top_k(scores.astype(np.float32), k)
+        return ids, best, self._reasons(histories, ids, together)
+
+    def _reasons(
+        self, histories: Sequences, ids: np.ndarray, together: np.ndarray
+    ) -> list[list[str]]:
+        weights = history_matrix(
+            histories, self.cooccurrence.n_items, self.cooccurrence.recency_decay
+        )
+        neighbours = self.cooccurrence.neighbours_
+        reasons = []
+        for row, row_ids in enumerate(ids):
+            valid = row_ids[row_ids >= 0]
+            history = weights[row]
+            linked = valid[together[row, valid] > 0]
+            because: dict[int, str] = {}
+            if linked.size and history.nnz:
+                # the history item that contributes most to each co-occurring candidate
+                links = neighbours[history.indices][:, linked].toarray() * history.data[:, None]
+                sources = history.indices[np.argmax(links, axis=0)]
+                because = {
+                    int(j): f"bought together with {self.titles[s] or 'an earlier item'}"
+                    for j, s in zip(linked, sources, strict=True)
+                }
+            reasons.append([because.get(int(j), POPULAR) for j in valid])
+        return reasons
+
+
+def _row_max(scores: np.ndarray) -> np.ndarray:
+    return np.maximum(scores.max(axis=1, keepdims=True), 1e-12)
