@@ -205,3 +205,30 @@ def test_recommendations_are_explained(tmp_path, shop):
     assert alice.reasons[:2] == ["bought together with Cordless Drill 20V"] * 2
     assert alice.reasons[2:] == ["popular in the shop"] * (len(alice.items) - 2)
     assert stranger.reasons == ["popular in the shop"] * len(stranger.items)
+
+
+def test_similar_items_contract(tmp_path, shop, write):
+    out = tmp_path / "engine"
+    _build(shop, out)
+    items = write("items.txt", "drill-1\nno-such-item\n")
+    result = runner.invoke(
+        app,
+        [
+            "similar",
+            "--engine",
+            str(out),
+            "--items",
+            str(items),
+            "--k",
+            "3",
+            "--out",
+            str(tmp_path / "sim.jsonl"),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    drill, unknown = _jsonl(tmp_path / "sim.jsonl")
+    assert drill["item"] == "drill-1" and "drill-1" not in drill["items"]
+    assert drill["reasons"][0] == "bought together"
+    assert len(drill["items"]) == len(drill["reasons"]) == 3
+    assert unknown["reasons"] == ["popular in the shop"] * 3
+    assert unknown["items"][0] == "drill-1"

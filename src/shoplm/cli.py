@@ -153,6 +153,25 @@ def recommend(
 
 
 @app.command()
+def similar(
+    engine: EngineOption,
+    items: Annotated[Path, typer.Option("--items", help="text file, one item id per line")],
+    out: OutOption,
+    k: KOption = 10,
+) -> None:
+    """Items to show next to each item; writes {"item", "items", "scores", "reasons"}."""
+    lines = _read_lines(items)
+    loaded = _load(engine)
+    _write_jsonl(
+        out,
+        (
+            {"item": r.user, "items": r.items, "scores": r.scores, "reasons": r.reasons}
+            for r in loaded.similar(lines, k)
+        ),
+    )
+
+
+@app.command()
 def forget(
     engine: EngineOption,
     user: Annotated[str, typer.Option("--user", help="the user id, as the shop knows it")],

@@ -35,7 +35,7 @@ from shoplm.data.report import ValidationReport
 from shoplm.data.schema import EVENT_CODES, EventType
 from shoplm.models.encoders import cache_dir
 from shoplm.recommend.cooccurrence import CooccurrenceRecommender
-from shoplm.recommend.feed import PersonalFeed
+from shoplm.recommend.feed import PersonalFeed, similar_items
 from shoplm.recommend.popularity import PopularityRecommender
 from shoplm.search.logs import search_clicks
 from shoplm.search.pipeline import SearchFilters, SearchPage, SearchPipeline
@@ -259,6 +259,22 @@ class Engine:
             items, kept_scores = self._external(row_ids, row_scores)
             results.append(Recommendation(user, items, kept_scores, why))
         return results
+
+    def similar(self, items: Sequence[str], k: int = 10) -> list[Recommendation]:
+        """Items to show next to each item (bought together, similar text, popular).
+
+        An item id the engine does not know gets popular items, never an error.
+        """
+        internal = pd.Index(self._item_ids).get_indexer(list(items))
+        dense = self.search_pipeline.hybrid_.dense_ if self.search_pipeline.hybrid_ else None
+        vectors = dense.vectors_[dense.encoders_[0]] if dense is not None else None
+        ids, scores, reasons = similar_items(
+            self.cooccurrence, self.recommender, vectors, internal, k
+        )
+        return [
+            Recommendation(item, *self._external(row_ids, row_scores), why)
+            for item, row_ids, row_scores, why in zip(items, ids, scores, reasons, strict=True)
+        ]
 
     def user_histories(self, users: Sequence[str]) -> Sequences:
         """Each user's known history (empty for a user the engine never saw)."""

@@ -16,6 +16,8 @@ from shoplm.recommend.cooccurrence import CooccurrenceRecommender, history_matri
 from shoplm.recommend.popularity import PopularityRecommender
 
 POPULAR = "popular in the shop"
+BOUGHT_TOGETHER = "bought together"
+SIMILAR = "similar product"
 
 
 class PersonalFeed:
@@ -73,3 +75,38 @@ class PersonalFeed:
 
 def _row_max(scores: np.ndarray) -> np.ndarray:
     return np.maximum(scores.max(axis=1, keepdims=True), 1e-12)
+
+
+def similar_items(
+    cooccurrence: CooccurrenceRecommender,
+    popularity: PopularityRecommender,
+    item_vectors: np.ndarray | None,
+    item_ids: np.ndarray,
+    k: int,
+) -> tuple[np.ndarray, np.ndarray, list[list[str]]]:
+    """Items to show next to each item: bought together first, then the nearest products
+    by text embedding, then popular ones; -1 in ``item_ids`` (an unknown item) gets popular.
+    """
+    known = item_ids >= 0
+    anchors = np.where(known, item_ids, 0)
+    together, _ = cooccurrence.similar_items(anchors, k)
+    together[~known] = -1
+    n_items = cooccurrence.n_items
+    scores = np.zeros((len(item_ids), n_items), dtype=np.float32)
+    rows = np.repeat(np.arange(len(item_ids)), k)
+    listed = together.ravel() >= 0
+    # bands as in the feed: bought together in [2, 3), similar text in [1, 2), popular below
+    scores[rows[listed], together.ravel()[listed]] = (
+        3.0 - np.tile(np.arange(k), len(item_ids))[listed] / k
+    )
+    if item_vectors is not None:
+        cosine = item_vectors[anchors] @ item_vectors.T
+        similar = np.where(known[:, None], 1.0 + np.clip(cosine, 0.0, 1.0) * 0.999, 0.0)
+        scores = np.maximum(scores, similar.astype(np.float32))
+    popular = popularity.popularity_ / max(float(popularity.popularity_.max()), 1e-12)
+    scores = np.maximum(scores, 0.5 * popular[None, :])
+    scores[np.flatnonzero(known), item_ids[known]] = -np.inf
+    ids, best = top_k(scores, k)
+    names = np.select([best >= 2.0, best >= 1.0], [BOUGHT_TOGETHER, SIMILAR], POPULAR)
+    reasons = [names[r][ids[r] >= 0].tolist() for r in range(len(ids))]
+    return ids, best, reasons
