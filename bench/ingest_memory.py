@@ -45,8 +45,12 @@ BLOCK_ROWS = 250_000
 #: event mix of a typical shop log: mostly views, one purchase per ~50 events
 EVENT_MIX = {"view": 0.68, "click": 0.12, "add_to_cart": 0.06, "purchase": 0.02, "search": 0.12}
 #: share of rows made bad on purpose, so the validator has real work to do
-BAD_SHARE = {"unknown_item": 0.003, "bad_timestamp": 0.002, "unknown_event": 0.0005,
-             "duplicate": 0.005}
+BAD_SHARE = {
+    "unknown_item": 0.003,
+    "bad_timestamp": 0.002,
+    "unknown_event": 0.0005,
+    "duplicate": 0.005,
+}
 BAD_TIMESTAMPS = np.array(["not a date", "2024-13-45T25:00:00", "1900-01-01T00:00:00Z"])
 START = np.datetime64("2024-01-01T00:00:00", "s")
 SPAN_SECONDS = 180 * 86_400
@@ -56,19 +60,32 @@ def _words(text: str) -> np.ndarray:
     return np.array(text.split())
 
 
-NOUNS = _words("shirt dress jeans jacket coat sneakers boots sandals hat scarf gloves socks "
-               "backpack wallet watch sunglasses lamp chair table sofa rug pillow blanket "
-               "mug kettle blender toaster knife pan pot drill hammer saw ladder tent "
-               "bicycle helmet ball racket yoga-mat headphones speaker charger cable "
-               "keyboard mouse monitor laptop tablet phone-case camera tripod")
-ADJECTIVES = _words("red blue black white green grey pink leather wool cotton linen "
-                    "waterproof wireless vintage slim large small kids mens womens organic "
-                    "cordless portable ergonomic folding stainless")
-BRANDS = _words("acme northwind contoso fabrikam globex initech umbrella hooli vandelay "
-                "wonka stark wayne tyrell cyberdyne soylent oceanic")
+NOUNS = _words(
+    "shirt dress jeans jacket coat sneakers boots sandals hat scarf gloves socks "
+    "backpack wallet watch sunglasses lamp chair table sofa rug pillow blanket "
+    "mug kettle blender toaster knife pan pot drill hammer saw ladder tent "
+    "bicycle helmet ball racket yoga-mat headphones speaker charger cable "
+    "keyboard mouse monitor laptop tablet phone-case camera tripod"
+)
+ADJECTIVES = _words(
+    "red blue black white green grey pink leather wool cotton linen "
+    "waterproof wireless vintage slim large small kids mens womens organic "
+    "cordless portable ergonomic folding stainless"
+)
+BRANDS = _words(
+    "acme northwind contoso fabrikam globex initech umbrella hooli vandelay "
+    "wonka stark wayne tyrell cyberdyne soylent oceanic"
+)
 #: a few raw queries as shops log them: HTML entities, stray spaces, contact data
-ODD_QUERIES = np.array(["t-shirt &amp; shorts", "  red   dress ", "<b>boots</b>",
-                        "call me 0612 345 678", "send to jane.doe@example.com"])
+ODD_QUERIES = np.array(
+    [
+        "t-shirt &amp; shorts",
+        "  red   dress ",
+        "<b>boots</b>",
+        "call me 0612 345 678",
+        "send to jane.doe@example.com",
+    ]
+)
 
 MB = 1024 * 1024
 
@@ -95,13 +112,15 @@ def _catalogue(n_items: int, rng: np.random.Generator) -> pd.DataFrame:
     nouns = NOUNS[rng.integers(len(NOUNS), size=n_items)]
     brands = BRANDS[rng.integers(len(BRANDS), size=n_items)]
     adjectives = ADJECTIVES[rng.integers(len(ADJECTIVES), size=n_items)]
-    return pd.DataFrame({
-        "item_id": _join("P", np.char.zfill(np.arange(n_items).astype(str), 7)),
-        "title": _join(brands, " ", adjectives, " ", nouns),
-        "category": _join("Shop > ", nouns),
-        "brand": brands,
-        "price": np.round(rng.lognormal(3.0, 0.8, size=n_items), 2),
-    })
+    return pd.DataFrame(
+        {
+            "item_id": _join("P", np.char.zfill(np.arange(n_items).astype(str), 7)),
+            "title": _join(brands, " ", adjectives, " ", nouns),
+            "category": _join("Shop > ", nouns),
+            "brand": brands,
+            "price": np.round(rng.lognormal(3.0, 0.8, size=n_items), 2),
+        }
+    )
 
 
 def _query_vocabulary(rng: np.random.Generator) -> np.ndarray:
@@ -110,10 +129,17 @@ def _query_vocabulary(rng: np.random.Generator) -> np.ndarray:
     adjectives = ADJECTIVES[rng.integers(len(ADJECTIVES), size=n)]
     brands = BRANDS[rng.integers(len(BRANDS), size=n)]
     shape = rng.integers(3, size=n)
-    queries = np.where(shape == 0, _join(adjectives, " ", nouns),
-                       np.where(shape == 1, _join(brands, " ", nouns),
-                                _join(brands, " ", adjectives, " ", nouns, " ",
-                                      rng.integers(2, 60, size=n).astype(str))))
+    queries = np.where(
+        shape == 0,
+        _join(adjectives, " ", nouns),
+        np.where(
+            shape == 1,
+            _join(brands, " ", nouns),
+            _join(
+                brands, " ", adjectives, " ", nouns, " ", rng.integers(2, 60, size=n).astype(str)
+            ),
+        ),
+    )
     return np.concatenate([queries, ODD_QUERIES])
 
 
@@ -148,18 +174,24 @@ class EventGenerator:
         seconds = position * SPAN_SECONDS / self.n_events
         stamps = START + seconds.astype("timedelta64[s]")
         quantity = rng.integers(1, 4, size=n).astype(str)
-        value = np.where(event == "purchase", np.char.mod("%.2f", self.prices[item]),
-                         np.where(event == "add_to_cart", quantity, ""))
-        frame = pd.DataFrame({
-            "user_id": _join("U", users.astype(str)),
-            "item_id": item_id,
-            "event": event,
-            "timestamp": np.datetime_as_string(stamps, unit="s", timezone="UTC"),
-            "query": query,
-            "value": value,
-            "session_id": _join("S", users.astype(str), "-", (seconds // 1800).astype(np.int64)
-                                .astype(str)),
-        })
+        value = np.where(
+            event == "purchase",
+            np.char.mod("%.2f", self.prices[item]),
+            np.where(event == "add_to_cart", quantity, ""),
+        )
+        frame = pd.DataFrame(
+            {
+                "user_id": _join("U", users.astype(str)),
+                "item_id": item_id,
+                "event": event,
+                "timestamp": np.datetime_as_string(stamps, unit="s", timezone="UTC"),
+                "query": query,
+                "value": value,
+                "session_id": _join(
+                    "S", users.astype(str), "-", (seconds // 1800).astype(np.int64).astype(str)
+                ),
+            }
+        )
         self._spoil(rng, frame, ~search)
         return frame
 
@@ -168,10 +200,12 @@ class EventGenerator:
         n = len(frame)
         bad = {kind: rng.random(n) < share for kind, share in BAD_SHARE.items()}
         unknown = bad["unknown_item"] & has_item
-        frame.loc[unknown, "item_id"] = _join("ZZ", rng.integers(10**6, size=int(unknown.sum()))
-                                              .astype(str))
+        frame.loc[unknown, "item_id"] = _join(
+            "ZZ", rng.integers(10**6, size=int(unknown.sum())).astype(str)
+        )
         frame.loc[bad["bad_timestamp"], "timestamp"] = rng.choice(
-            BAD_TIMESTAMPS, size=int(bad["bad_timestamp"].sum()))
+            BAD_TIMESTAMPS, size=int(bad["bad_timestamp"].sum())
+        )
         frame.loc[bad["unknown_event"], "event"] = "pageview"
         # a duplicate repeats a row sent shortly before, as a client retry does
         copies = np.flatnonzero(bad["duplicate"])
@@ -225,8 +259,9 @@ def _peak_rss_mb() -> float:
     return kib / 1024
 
 
-def _shoplm_loader(events: Path, catalog: Path, workdir: Path, chunk_rows: int
-                   ) -> Callable[[], dict]:
+def _shoplm_loader(
+    events: Path, catalog: Path, workdir: Path, chunk_rows: int
+) -> Callable[[], dict]:
     from shoplm.data.catalog import load_catalog
     from shoplm.data.events import load_events
     from shoplm.data.privacy import Pseudonymiser
@@ -241,12 +276,18 @@ def _shoplm_loader(events: Path, catalog: Path, workdir: Path, chunk_rows: int
         kept = load_events(events, config, item_ids, Pseudonymiser(b"k" * 32), report, parquet)
         report.close()
         stats = report.stats(str(events))
-        problems = {f"{field}: {reason}": count
-                    for (file, field, _, reason), count in report.counts.items()
-                    if file == str(events)}
-        return {"rows_read": stats.rows_read, "rows_kept": kept,
-                "rows_rejected": stats.rows_rejected, "problems": problems,
-                "parquet_mb": parquet.stat().st_size / MB}
+        problems = {
+            f"{field}: {reason}": count
+            for (file, field, _, reason), count in report.counts.items()
+            if file == str(events)
+        }
+        return {
+            "rows_read": stats.rows_read,
+            "rows_kept": kept,
+            "rows_rejected": stats.rows_rejected,
+            "problems": problems,
+            "parquet_mb": parquet.stat().st_size / MB,
+        }
 
     return load
 
@@ -278,44 +319,78 @@ def run_child(loader: str, events: Path, catalog: Path, workdir: Path, chunk_row
     before = _peak_rss_mb()
     start, cpu = time.perf_counter(), time.process_time()
     result = load()
-    return {**result, "seconds": time.perf_counter() - start,
-            "cpu_seconds": time.process_time() - cpu, "rss_before_mb": before,
-            "peak_rss_mb": _peak_rss_mb()}
+    return {
+        **result,
+        "seconds": time.perf_counter() - start,
+        "cpu_seconds": time.process_time() - cpu,
+        "rss_before_mb": before,
+        "peak_rss_mb": _peak_rss_mb(),
+    }
 
 
 def measure(loader: str, events: Path, catalog: Path, workdir: Path, chunk_rows: int) -> dict:
     """Run one loader in a fresh interpreter, which reports its own time and peak memory."""
     result_path = workdir / f"result_{loader}_{events.stem}.json"
-    command = [sys.executable, __file__, "--child", loader, "--child-events", str(events),
-               "--child-catalog", str(catalog), "--workdir", str(workdir),
-               "--chunk-rows", str(chunk_rows), "--out", str(result_path)]
+    command = [
+        sys.executable,
+        __file__,
+        "--child",
+        loader,
+        "--child-events",
+        str(events),
+        "--child-catalog",
+        str(catalog),
+        "--workdir",
+        str(workdir),
+        "--chunk-rows",
+        str(chunk_rows),
+        "--out",
+        str(result_path),
+    ]
     subprocess.run(command, check=True)
     result = json.loads(result_path.read_text())
-    return {"loader": loader, "file": events.name, "file_mb": events.stat().st_size / MB,
-            "rows": result["rows_read"], "rows_per_s": result["rows_read"] / result["seconds"],
-            **result}
+    return {
+        "loader": loader,
+        "file": events.name,
+        "file_mb": events.stat().st_size / MB,
+        "rows": result["rows_read"],
+        "rows_per_s": result["rows_read"] / result["seconds"],
+        **result,
+    }
 
 
 def print_table(runs: list[dict]) -> None:
-    header = (f"{'loader':<8}{'file MB':>9}{'rows':>11}{'seconds':>9}{'CPU s':>8}{'rows/s':>11}"
-              f"{'peak RSS MB':>13}{'before load':>13}")
+    header = (
+        f"{'loader':<8}{'file MB':>9}{'rows':>11}{'seconds':>9}{'CPU s':>8}{'rows/s':>11}"
+        f"{'peak RSS MB':>13}{'before load':>13}"
+    )
     print(header)
     print("-" * len(header))
     for run in runs:
-        print(f"{run['loader']:<8}{run['file_mb']:>9.0f}{run['rows']:>11,}{run['seconds']:>9.1f}"
-              f"{run['cpu_seconds']:>8.1f}{run['rows_per_s']:>11,.0f}{run['peak_rss_mb']:>13.0f}"
-              f"{run['rss_before_mb']:>13.0f}")
+        print(
+            f"{run['loader']:<8}{run['file_mb']:>9.0f}{run['rows']:>11,}{run['seconds']:>9.1f}"
+            f"{run['cpu_seconds']:>8.1f}{run['rows_per_s']:>11,.0f}{run['peak_rss_mb']:>13.0f}"
+            f"{run['rss_before_mb']:>13.0f}"
+        )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=5_000_000, help="events in the large log")
     parser.add_argument("--items", type=int, default=50_000, help="items in the catalogue")
-    parser.add_argument("--workdir", type=Path, default=None,
-                        help="where inputs and outputs go (default: a new temporary folder); "
-                             "inputs already there are reused")
-    parser.add_argument("--chunk-rows", type=int, default=LoadConfig().chunk_rows,
-                        help="shoplm's load.chunk_rows (default: the config default)")
+    parser.add_argument(
+        "--workdir",
+        type=Path,
+        default=None,
+        help="where inputs and outputs go (default: a new temporary folder); "
+        "inputs already there are reused",
+    )
+    parser.add_argument(
+        "--chunk-rows",
+        type=int,
+        default=LoadConfig().chunk_rows,
+        help="shoplm's load.chunk_rows (default: the config default)",
+    )
     parser.add_argument("--out", type=Path, default=None, help="JSON file to write")
     parser.add_argument("--child", choices=list(LOADERS), help=argparse.SUPPRESS)
     parser.add_argument("--child-events", type=Path, help=argparse.SUPPRESS)
@@ -323,8 +398,9 @@ def main() -> None:
     args = parser.parse_args()
 
     if args.child:
-        result = run_child(args.child, args.child_events, args.child_catalog, args.workdir,
-                           args.chunk_rows)
+        result = run_child(
+            args.child, args.child_events, args.child_catalog, args.workdir, args.chunk_rows
+        )
         args.out.write_text(json.dumps(result))
         return
 
@@ -332,34 +408,54 @@ def main() -> None:
     workdir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     catalog, small, big = write_inputs(workdir, args.events, args.items)
-    print(f"inputs in {workdir} ({time.perf_counter() - started:.0f} s); "
-          f"shoplm reads {args.chunk_rows:,} rows per chunk")
+    print(
+        f"inputs in {workdir} ({time.perf_counter() - started:.0f} s); "
+        f"shoplm reads {args.chunk_rows:,} rows per chunk"
+    )
     loaders = ["shoplm", "pandas"]
     if importlib.util.find_spec("polars") is not None:
         loaders.append("polars")
     else:
         print("polars is not installed: skipped")
-    runs = [measure(loader, events, catalog, workdir, args.chunk_rows)
-            for events in (small, big) for loader in loaders]
+    runs = [
+        measure(loader, events, catalog, workdir, args.chunk_rows)
+        for events in (small, big)
+        for loader in loaders
+    ]
     print_table(runs)
 
     shoplm_small, shoplm_big = (r for r in runs if r["loader"] == "shoplm")
     growth = shoplm_big["peak_rss_mb"] - shoplm_small["peak_rss_mb"]
     hashes = shoplm_big["rows_kept"] * 8 / MB
-    print(f"\nshoplm peak RSS grows {growth:+.0f} MB from {shoplm_small['rows']:,} to "
-          f"{shoplm_big['rows']:,} events; the duplicate hashes alone are {hashes:.0f} MB at "
-          f"{shoplm_big['rows']:,} ({shoplm_big['rows_kept']:,} kept rows x 8 bytes)")
-    print(f"shoplm at {shoplm_big['rows']:,} events: {shoplm_big['rows_kept']:,} kept, "
-          f"{shoplm_big['rows_rejected']:,} rejected")
+    print(
+        f"\nshoplm peak RSS grows {growth:+.0f} MB from {shoplm_small['rows']:,} to "
+        f"{shoplm_big['rows']:,} events; the duplicate hashes alone are {hashes:.0f} MB at "
+        f"{shoplm_big['rows']:,} ({shoplm_big['rows_kept']:,} kept rows x 8 bytes)"
+    )
+    print(
+        f"shoplm at {shoplm_big['rows']:,} events: {shoplm_big['rows_kept']:,} kept, "
+        f"{shoplm_big['rows_rejected']:,} rejected"
+    )
     for problem, count in sorted(shoplm_big["problems"].items(), key=lambda p: -p[1]):
         print(f"  {count:>9,}  {problem}")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps({
-            "events": args.events, "items": args.items, "users": N_USERS, "seed": SEED,
-            "chunk_rows": args.chunk_rows, "cpu_count": os.cpu_count(),
-            "runs": runs, "duplicate_hash_mb": hashes,
-        }, indent=2) + "\n")
+        args.out.write_text(
+            json.dumps(
+                {
+                    "events": args.events,
+                    "items": args.items,
+                    "users": N_USERS,
+                    "seed": SEED,
+                    "chunk_rows": args.chunk_rows,
+                    "cpu_count": os.cpu_count(),
+                    "runs": runs,
+                    "duplicate_hash_mb": hashes,
+                },
+                indent=2,
+            )
+            + "\n"
+        )
 
 
 if __name__ == "__main__":
