@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
@@ -20,7 +20,7 @@ from shoplm.data.events import load_events
 from shoplm.data.privacy import PrivacyError, Pseudonymiser
 from shoplm.data.readers import InputError
 from shoplm.data.report import SEVERITY_MEANING, ValidationReport
-from shoplm.engine import BuildError, Engine, forget_user
+from shoplm.engine import BuildError, Engine, Recommendation, forget_user
 from shoplm.serve.command import serve
 from shoplm.store import EngineNotFoundError
 
@@ -139,17 +139,7 @@ def recommend(
     k: KOption = 10,
 ) -> None:
     """Recommend for a batch of users; writes {"user", "items", "reasons"} per line."""
-    lines = _read_lines(users)
-    loaded = _load(engine)
-    with _user_errors():
-        results = loaded.recommend(lines, k)
-    _write_jsonl(
-        out,
-        (
-            {"user": r.user, "items": r.items, "scores": r.scores, "reasons": r.reasons}
-            for r in results
-        ),
-    )
+    _write_recommendations(engine, users, out, "user", lambda e, ids: e.recommend(ids, k))
 
 
 @app.command()
@@ -160,13 +150,26 @@ def similar(
     k: KOption = 10,
 ) -> None:
     """Items to show next to each item; writes {"item", "items", "scores", "reasons"}."""
-    lines = _read_lines(items)
+    _write_recommendations(engine, items, out, "item", lambda e, ids: e.similar(ids, k))
+
+
+def _write_recommendations(
+    engine: Path,
+    inputs: Path,
+    out: Path,
+    key: str,
+    ask: Callable[[Engine, list[str]], list[Recommendation]],
+) -> None:
+    """Answer one id per input line and write one JSON line per answer, keyed by ``key``."""
+    lines = _read_lines(inputs)
     loaded = _load(engine)
+    with _user_errors():
+        results = ask(loaded, lines)
     _write_jsonl(
         out,
         (
-            {"item": r.user, "items": r.items, "scores": r.scores, "reasons": r.reasons}
-            for r in loaded.similar(lines, k)
+            {key: r.user, "items": r.items, "scores": r.scores, "reasons": r.reasons}
+            for r in results
         ),
     )
 
