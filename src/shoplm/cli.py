@@ -168,7 +168,7 @@ def _write_recommendations(
     _write_jsonl(
         out,
         (
-            {key: r.user, "items": r.items, "scores": r.scores, "reasons": r.reasons}
+            {key: r.key, "items": r.items, "scores": r.scores, "reasons": r.reasons}
             for r in results
         ),
     )
@@ -213,7 +213,7 @@ def demo(
     table.add_column("recommended (reason)")
     for rec in loaded.recommend(["17850", "12347", "someone-new"], 3):
         table.add_row(
-            rec.user,
+            rec.key,
             "\n".join(
                 f"{titles[i]} ({why})" for i, why in zip(rec.items, rec.reasons, strict=True)
             ),

@@ -67,7 +67,8 @@ class SearchResult:
 
 @dataclass(frozen=True)
 class Recommendation:
-    user: str
+    #: what was asked about: the user id (recommend) or the item id (similar)
+    key: str
     items: list[str]
     scores: list[float]
     reasons: list[str]
