@@ -239,17 +239,16 @@ class SASRecRecommender(Recommender):
         rng = np.random.default_rng(self.seed)
         self.n_items = interactions.n_items
         text = self._text_matrix()
-        self.net_ = _SASRecNet(
-            _NetConfig(
-                n_items=self.n_items,
-                dim=self.dim,
-                n_layers=self.n_layers,
-                n_heads=self.n_heads,
-                max_len=self.max_len,
-                dropout=self.dropout,
-                text_dim=0 if text is None else text.shape[1],
-            )
+        self.net_config_ = _NetConfig(
+            n_items=self.n_items,
+            dim=self.dim,
+            n_layers=self.n_layers,
+            n_heads=self.n_heads,
+            max_len=self.max_len,
+            dropout=self.dropout,
+            text_dim=0 if text is None else text.shape[1],
         )
+        self.net_ = _SASRecNet(self.net_config_)
         if text is not None:
             self.net_.text.copy_(torch.from_numpy(text))
         seqs = interactions.to_sequences()
@@ -257,8 +256,14 @@ class SASRecRecommender(Recommender):
             np.bincount(seqs.items, minlength=self.n_items).astype(np.float32)
         )
         windows = _training_windows(seqs, self.max_len + 1)
+        # Decay shrinks what data does not support: the id vectors of rarely seen items fall
+        # back towards their projected text. Norm gains and biases are not decayed.
+        params = list(self.net_.parameters())
         optimizer = torch.optim.AdamW(
-            self.net_.parameters(),
+            [
+                {"params": [p for p in params if p.ndim >= 2]},
+                {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
+            ],
             lr=self.lr,
             weight_decay=self.weight_decay,
             betas=(0.9, 0.98),
@@ -370,7 +375,7 @@ class SASRecRecommender(Recommender):
         path.mkdir(parents=True, exist_ok=True)
         config = {
             "params": self._params(),
-            "net": asdict(self._net_config()),
+            "net": asdict(self.net_config_),
             "best_epoch": self.best_epoch_,
             "fit_minutes": self.fit_minutes_,
             "history": self.history_,
@@ -379,17 +384,6 @@ class SASRecRecommender(Recommender):
         torch.save(
             {"net": self.net_.state_dict(), "popularity": torch.from_numpy(self.popularity_)},
             path / _WEIGHTS_FILE,
-        )
-
-    def _net_config(self) -> _NetConfig:
-        return _NetConfig(
-            n_items=self.n_items,
-            dim=self.dim,
-            n_layers=self.n_layers,
-            n_heads=self.n_heads,
-            max_len=self.max_len,
-            dropout=self.dropout,
-            text_dim=self.net_.text.shape[1],
         )
 
     @classmethod
@@ -403,7 +397,8 @@ class SASRecRecommender(Recommender):
         model.fit_minutes_ = config["fit_minutes"]
         model.history_ = config["history"]
         state = torch.load(path / _WEIGHTS_FILE, weights_only=True)
-        model.net_ = _SASRecNet(_NetConfig(**config["net"]))
+        model.net_config_ = _NetConfig(**config["net"])
+        model.net_ = _SASRecNet(model.net_config_)
         model.net_.load_state_dict(state["net"])
         model.net_.eval()
         model.popularity_ = state["popularity"].numpy()
