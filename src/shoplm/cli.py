@@ -167,10 +167,7 @@ def _write_recommendations(
         results = ask(loaded, lines)
     _write_jsonl(
         out,
-        (
-            {key: r.key, "items": r.items, "scores": r.scores, "reasons": r.reasons}
-            for r in results
-        ),
+        ({key: r.key, "items": r.items, "scores": r.scores, "reasons": r.reasons} for r in results),
     )
 
 
