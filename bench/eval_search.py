@@ -23,43 +23,19 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
-import os
-import time
-from collections.abc import Callable, Sequence
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
 from shoplm.eval.search import (
-    PeerBM25,
-    catalogue,
     evaluate,
+    evaluate_stages,
     home_depot_split,
     judgments,
-    ranker_labels,
     write_report,
 )
-from shoplm.search.dense import DenseRetriever
-from shoplm.search.fusion import HybridRetriever
 from shoplm.search.lexical import LexicalRetriever
-from shoplm.search.pipeline import SearchPipeline
-
-Retrieve = Callable[[Sequence[str], int], tuple[np.ndarray, np.ndarray]]
-
-
-def latency_ms(retrieve: Retrieve, queries: Sequence[str], k: int) -> dict[str, float]:
-    """p50 / p99 of single-query calls, after one warm-up call."""
-    retrieve(queries[:1], k)
-    times = []
-    for query in queries:
-        start = time.perf_counter()
-        retrieve([query], k)
-        times.append(time.perf_counter() - start)
-    ms = np.array(times) * 1e3
-    return {"p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99))}
 
 
 def tune_lexical(
@@ -90,85 +66,17 @@ def main() -> None:
     args = parser.parse_args()
 
     split = home_depot_split(args.seed, args.dev_fraction)
-    products, train, dev = split.products, split.train, split.dev
-    item_index = pd.Index(products["item_id"])
-    train_queries, train_gains, train_judged = judgments(train, item_index)
-    dev_queries, dev_gains, dev_judged = judgments(dev, item_index)
-    print(f"{len(products)} products, {len(train_queries)} train / {len(dev_queries)} dev queries")
-
-    report: dict[str, object] = {
-        "protocol": {
-            "dataset": "home-depot-search-relevance",
-            "seed": args.seed,
-            "dev_fraction": args.dev_fraction,
-            "depth": args.depth,
-            "n_items": len(products),
-            "n_train_queries": len(train_queries),
-            "n_dev_queries": len(dev_queries),
-            "cpu_count": os.cpu_count(),
-        }
-    }
     lexical_params: dict[str, float] = {}
+    tuning = {}
     if args.tune_lexical:
-        lexical_params, grid = tune_lexical(products, train_queries, train_gains, train_judged)
-        report["lexical_tuning"] = {"best": lexical_params, "grid": grid}
-
-    timings: dict[str, float] = {}
-
-    def timed_fit(name: str, build: Callable[[], object]) -> object:
-        start = time.perf_counter()
-        fitted = build()
-        timings[name] = time.perf_counter() - start
-        return fitted
-
-    peer = timed_fit("bm25 peer", lambda: PeerBM25(products["title"].tolist()))
-    lexical = timed_fit("lexical", lambda: LexicalRetriever(**lexical_params).fit(products))
-    dense = timed_fit(
-        "dense", lambda: DenseRetriever(encoder="minilm", cache_dir=args.cache_dir).fit(products)
+        item_index = pd.Index(split.products["item_id"])
+        queries, gains, judged = judgments(split.train, item_index)
+        lexical_params, grid = tune_lexical(split.products, queries, gains, judged)
+        tuning = {"lexical_tuning": {"best": lexical_params, "grid": grid}}
+    report = evaluate_stages(
+        split, args.depth, args.latency_queries, args.cache_dir, lexical_params, progress=True
     )
-    rrf = HybridRetriever.from_fitted(lexical, dense, method="rrf", depth=args.depth)
-    convex = HybridRetriever.from_fitted(lexical, dense, method="convex", depth=args.depth)
-    timed_fit("hybrid weights", lambda: convex.fit_weights(train_queries, train_gains))
-    report["hybrid_weight"] = {
-        "normalization": convex.normalization,
-        "weight": convex.weight,
-        "grid": convex.weight_search_,
-    }
-    report["fit_seconds"] = timings
-    print(f"fit seconds: {timings}")
-    print(f"convex blend learnt on train: {convex.normalization}, dense weight {convex.weight}")
-
-    pipeline = timed_fit(
-        "full pipeline (parser, hybrid, LambdaMART)",
-        lambda: SearchPipeline(vector_cache=args.cache_dir, seed=args.seed).fit(
-            catalogue(products), labels=ranker_labels(train, item_index)
-        ),
-    )
-    report["fit_seconds"] = timings
-    stages: dict[str, Retrieve] = {
-        "BM25 peer (bm25s defaults, title)": peer.retrieve,
-        "shoplm lexical": lexical.retrieve,
-        "dense (MiniLM)": dense.retrieve,
-        "hybrid (RRF)": rrf.retrieve,
-        "hybrid (convex, learnt)": convex.retrieve,
-        "full pipeline (+ spelling, LambdaMART)": pipeline.retrieve,
-    }
-    latency_sample = dev_queries[: args.latency_queries]
-    rows = []
-    for name, retrieve in stages.items():
-        start = time.perf_counter()
-        ranked, _ = retrieve(dev_queries, args.depth)
-        batch_seconds = time.perf_counter() - start
-        row = {"stage": name, **evaluate(ranked, dev_gains, dev_judged)}
-        row.update(latency_ms(retrieve, latency_sample, 100))
-        row["batch_seconds"] = batch_seconds
-        rows.append(row)
-        print(json.dumps(row), flush=True)
-    peer_ndcg = rows[0]["ndcg@10"]
-    for row in rows:
-        row["ndcg@10_vs_peer"] = row["ndcg@10"] / peer_ndcg
-    report["stages"] = rows
-    write_report(report, args.out)
+    print(write_report({**report, **tuning}, args.out))
 
 
 if __name__ == "__main__":

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import itertools
 import json
 import os
 import tempfile
@@ -57,6 +56,7 @@ from shoplm.recommend.base import Recommender
 from shoplm.recommend.content import ContentRecommender
 from shoplm.recommend.cooccurrence import CooccurrenceRecommender
 from shoplm.recommend.popularity import PopularityRecommender
+from shoplm.recommend.tuning import Stage, ValidationSplit, grid_search
 
 DATASETS: dict[str, Callable[[], SeqRecDataset]] = {
     "beauty": lambda: load_seqrec("beauty"),
@@ -69,7 +69,6 @@ COLD_FRACTION = 0.1
 SEED = 0
 THREADS = 2  # the cores of the machine the figures in docs/benchmarks.md come from
 
-Stage = dict[str, list[Any]]
 # name -> (fixed parameters, stages of the validation grid; a stage's values override fixed ones)
 SOURCES: dict[str, tuple[dict[str, Any], list[Stage]]] = {
     "popularity": ({}, [{}]),
@@ -186,18 +185,13 @@ def tune(
     vectors: np.ndarray | None,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Stage-wise grid search on the validation targets; returns (best params, every trial)."""
-    best: dict[str, Any] = {}
-    trials: list[dict[str, Any]] = []
-    for stage in stages:  # an empty stage evaluates the fixed parameters once
-        scored = []
-        for values in itertools.product(*stage.values()):
-            params = {**best, **dict(zip(stage, values, strict=True))}
-            model = make_model(source, {**fixed, **params}, vectors).fit(train)
-            metrics = evaluate_next_item(model, history, targets, ks=KS)
-            trials.append({"params": params, TUNE_METRIC: metrics[TUNE_METRIC]})
-            scored.append((metrics[TUNE_METRIC], params))
-        best = max(scored, key=lambda pair: pair[0])[1]
-    return best, trials
+    result = grid_search(
+        lambda params: make_model(source, {**fixed, **params}, vectors),
+        stages,
+        ValidationSplit(train, history, targets),
+        TUNE_METRIC,
+    )
+    return result.params, result.trials
 
 
 def run_source(dataset: str, source: str) -> dict[str, Any]:

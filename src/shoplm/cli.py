@@ -21,6 +21,7 @@ from shoplm.data.privacy import PrivacyError, Pseudonymiser
 from shoplm.data.readers import InputError
 from shoplm.data.report import SEVERITY_MEANING, ValidationReport
 from shoplm.engine import BuildError, Engine, Recommendation, forget_user
+from shoplm.eval.command import app as eval_app
 from shoplm.serve.command import serve
 from shoplm.store import EngineNotFoundError
 
@@ -220,6 +221,7 @@ def demo(
 
 
 app.command()(serve)
+app.add_typer(eval_app, name="eval")
 
 
 def _load(engine: Path) -> Engine:

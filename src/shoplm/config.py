@@ -68,12 +68,23 @@ class SearchConfig(_Section):
     learn_to_rank: bool = True
 
 
+class RecommendConfig(_Section):
+    #: choose the co-occurrence window, damping and recency decay on each user's last item
+    #: (held out, full ranking) at build time; off: the library defaults
+    tune: bool = True
+    #: wall-clock budget of that search; the best point found so far is kept
+    tune_seconds: float = Field(default=180.0, gt=0)
+    #: validation users sampled for the search (seeded): bounds its cost on a large log
+    tune_users: int = Field(default=20_000, ge=50)
+
+
 class ShoplmConfig(_Section):
     catalog: CatalogConfig = Field(default_factory=CatalogConfig)
     events: EventsConfig = Field(default_factory=EventsConfig)
     privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
     load: LoadConfig = Field(default_factory=LoadConfig)
     search: SearchConfig = Field(default_factory=SearchConfig)
+    recommend: RecommendConfig = Field(default_factory=RecommendConfig)
 
 
 class ConfigError(ValueError):

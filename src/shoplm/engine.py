@@ -37,6 +37,7 @@ from shoplm.models.encoders import cache_dir
 from shoplm.recommend.cooccurrence import CooccurrenceRecommender
 from shoplm.recommend.feed import PersonalFeed, similar_items
 from shoplm.recommend.popularity import PopularityRecommender
+from shoplm.recommend.tuning import COOCCURRENCE_STAGES, grid_search, last_item_split
 from shoplm.search.logs import search_clicks
 from shoplm.search.pipeline import SearchFilters, SearchPage, SearchPipeline
 
@@ -166,7 +167,10 @@ class Engine:
             search = _fit_search(items, event_table, interactions, labels, config)
             search.save(staging / "search")
             PopularityRecommender().fit(interactions).save(staging / "recommend" / "popularity")
-            CooccurrenceRecommender().fit(interactions).save(staging / "recommend" / "cooccurrence")
+            cooccurrence_params, tuning = _tune_cooccurrence(interactions, config)
+            CooccurrenceRecommender(**cooccurrence_params).fit(interactions).save(
+                staging / "recommend" / "cooccurrence"
+            )
 
             manifest = {
                 "format_version": FORMAT_VERSION,
@@ -193,6 +197,7 @@ class Engine:
                     "search": _search_stages(search),
                     "recommend": ["cooccurrence", "popularity"],
                 },
+                "tuning": {"cooccurrence": tuning},
             }
             (staging / store.MANIFEST).write_text(json.dumps(manifest, indent=2), "utf-8")
         except BaseException:
@@ -365,6 +370,31 @@ def _fit_search(
         learn_to_rank=settings.learn_to_rank,
         vector_cache=cache_dir() / "vectors",
     ).fit(items, labels, item_events, clicks)
+
+
+def _tune_cooccurrence(
+    interactions: Interactions, config: ShoplmConfig
+) -> tuple[dict[str, object], dict[str, object]]:
+    """Co-occurrence parameters chosen on the log's own held-out last items."""
+    settings = config.recommend
+    split = last_item_split(interactions, settings.tune_users, seed=0) if settings.tune else None
+    if split is None:
+        reason = "off in config" if not settings.tune else "fewer than 50 users with 2+ items"
+        return {}, {"params": {}, "skipped": reason}
+    result = grid_search(
+        lambda params: CooccurrenceRecommender(**params),
+        COOCCURRENCE_STAGES,
+        split,
+        max_seconds=settings.tune_seconds,
+    )
+    return result.params, {
+        "params": result.params,
+        "metric": "ndcg@10 on each user's held-out last item",
+        "validation_users": result.n_validation_users,
+        "seconds": round(result.seconds, 1),
+        "stopped_early": result.stopped_early,
+        "trials": result.trials,
+    }
 
 
 def _search_stages(search: SearchPipeline) -> list[str]:

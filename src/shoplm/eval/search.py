@@ -15,7 +15,9 @@ defaults, English stemmer and stop words, on titles only.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+import os
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +30,12 @@ import Stemmer
 from shoplm.data.splits import query_split
 from shoplm.eval.datasets import load_home_depot
 from shoplm.eval.metrics import gains_at_ranks, mrr, ndcg_at_k, recall_at_k
+from shoplm.search.dense import DenseRetriever
+from shoplm.search.fusion import HybridRetriever
+from shoplm.search.lexical import LexicalRetriever
+from shoplm.search.pipeline import SearchPipeline
+
+Retrieve = Callable[[Sequence[str], int], tuple[np.ndarray, np.ndarray]]
 
 
 @dataclass(frozen=True)
@@ -37,13 +45,15 @@ class SearchSplit:
     products: pd.DataFrame
     train: pd.DataFrame
     dev: pd.DataFrame
+    seed: int
+    dev_fraction: float
 
 
 def home_depot_split(seed: int = 0, dev_fraction: float = 0.3) -> SearchSplit:
     """Home Depot's products and labels, split by query with a fixed seed (never by row)."""
     products, labels = load_home_depot()
     train, dev = query_split(labels, dev_fraction, seed)
-    return SearchSplit(products, train, dev)
+    return SearchSplit(products, train, dev, seed, dev_fraction)
 
 
 class PeerBM25:
@@ -132,7 +142,107 @@ def evaluate(ranked: np.ndarray, gains: sp.csr_matrix, judged: sp.csr_matrix) ->
     }
 
 
-def write_report(report: dict[str, object], out: Path) -> None:
+def latency_ms(retrieve: Retrieve, queries: Sequence[str], k: int) -> dict[str, float]:
+    """p50 / p99 of single-query calls, after one warm-up call."""
+    retrieve(queries[:1], k)
+    times = []
+    for query in queries:
+        start = time.perf_counter()
+        retrieve([query], k)
+        times.append(time.perf_counter() - start)
+    ms = np.array(times) * 1e3
+    return {"p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99))}
+
+
+def evaluate_stages(
+    split: SearchSplit,
+    depth: int = 100,
+    latency_queries: int = 300,
+    cache_dir: Path | None = None,
+    lexical_params: dict[str, float] | None = None,
+    progress: bool = False,
+) -> dict[str, object]:
+    """Fit every stage on the train queries and score each on the dev queries.
+
+    Stages: the BM25 peer, shoplm's lexical retriever, the dense retriever (MiniLM), the
+    hybrid with reciprocal rank fusion and with the convex blend learnt on train queries,
+    and the full pipeline (query parser, hybrid, LambdaMART trained on train judgments).
+    Returns fit times, the learnt blend and one row of metrics and latency per stage.
+    """
+    products, train, dev = split.products, split.train, split.dev
+    item_index = pd.Index(products["item_id"])
+    train_queries, train_gains, _ = judgments(train, item_index)
+    dev_queries, dev_gains, dev_judged = judgments(dev, item_index)
+    report: dict[str, object] = {
+        "protocol": {
+            "dataset": "home-depot-search-relevance",
+            "seed": split.seed,
+            "dev_fraction": split.dev_fraction,
+            "depth": depth,
+            "n_items": len(products),
+            "n_train_queries": len(train_queries),
+            "n_dev_queries": len(dev_queries),
+            "cpu_count": os.cpu_count(),
+        }
+    }
+    timings: dict[str, float] = {}
+
+    def timed_fit(name: str, build: Callable[[], object]) -> object:
+        start = time.perf_counter()
+        fitted = build()
+        timings[name] = time.perf_counter() - start
+        return fitted
+
+    peer = timed_fit("bm25 peer", lambda: PeerBM25(products["title"].tolist()))
+    lexical = timed_fit("lexical", lambda: LexicalRetriever(**(lexical_params or {})).fit(products))
+    dense = timed_fit(
+        "dense", lambda: DenseRetriever(encoder="minilm", cache_dir=cache_dir).fit(products)
+    )
+    rrf = HybridRetriever.from_fitted(lexical, dense, method="rrf", depth=depth)
+    convex = HybridRetriever.from_fitted(lexical, dense, method="convex", depth=depth)
+    timed_fit("hybrid weights", lambda: convex.fit_weights(train_queries, train_gains))
+    report["hybrid_weight"] = {
+        "normalization": convex.normalization,
+        "weight": convex.weight,
+        "grid": convex.weight_search_,
+    }
+
+    pipeline = timed_fit(
+        "full pipeline (parser, hybrid, LambdaMART)",
+        lambda: SearchPipeline(vector_cache=cache_dir, seed=split.seed).fit(
+            catalogue(products), labels=ranker_labels(train, item_index)
+        ),
+    )
+    report["fit_seconds"] = timings
+    stages: dict[str, Retrieve] = {
+        "BM25 peer (bm25s defaults, title)": peer.retrieve,
+        "shoplm lexical": lexical.retrieve,
+        "dense (MiniLM)": dense.retrieve,
+        "hybrid (RRF)": rrf.retrieve,
+        "hybrid (convex, learnt)": convex.retrieve,
+        "full pipeline (+ spelling, LambdaMART)": pipeline.retrieve,
+    }
+    latency_sample = dev_queries[:latency_queries]
+    rows = []
+    for name, retrieve in stages.items():
+        start = time.perf_counter()
+        ranked, _ = retrieve(dev_queries, depth)
+        batch_seconds = time.perf_counter() - start
+        row = {"stage": name, **evaluate(ranked, dev_gains, dev_judged)}
+        row.update(latency_ms(retrieve, latency_sample, 100))
+        row["batch_seconds"] = batch_seconds
+        rows.append(row)
+        if progress:
+            print(json.dumps(row), flush=True)
+    peer_ndcg = rows[0]["ndcg@10"]
+    for row in rows:
+        row["ndcg@10_vs_peer"] = row["ndcg@10"] / peer_ndcg
+    report["stages"] = rows
+    return report
+
+
+def write_report(report: dict[str, object], out: Path) -> str:
+    """Write the report as JSON, a markdown table and an SVG chart; returns the table."""
     out.mkdir(parents=True, exist_ok=True)
     (out / "eval_search.json").write_text(json.dumps(report, indent=1))
     columns = ["ndcg@10", "ndcg@10_vs_peer", "ndcg@10_judged", "recall@100", "mrr"]
@@ -151,7 +261,7 @@ def write_report(report: dict[str, object], out: Path) -> None:
     table = "\n".join(lines)
     (out / "eval_search.md").write_text(table + "\n")
     (out / "eval_search.svg").write_text(bar_chart(report["stages"]))  # type: ignore[arg-type]
-    print(table)
+    return table
 
 
 def bar_chart(rows: list[dict[str, object]], width: int = 640) -> str:

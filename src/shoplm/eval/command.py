@@ -1,0 +1,82 @@
+"""``shoplm eval``: the documented evaluation protocols, run from the command line."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from shoplm.eval.datasets import shared_data_dir
+
+app = typer.Typer(no_args_is_help=True, help="Score shoplm on the public benchmarks.")
+console = Console(stderr=True, soft_wrap=True)
+
+
+def _require_shared_data() -> None:
+    try:
+        shared_data_dir()
+    except FileNotFoundError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+
+
+@app.command("search")
+def search(
+    out: Annotated[Path, typer.Option("--out", help="folder for the JSON, markdown and SVG")] = (
+        Path("eval/search")
+    ),
+    seed: Annotated[int, typer.Option(help="seed of the query-level train/dev split")] = 0,
+    dev_fraction: Annotated[float, typer.Option(min=0.05, max=0.95)] = 0.3,
+    depth: Annotated[int, typer.Option(min=10, help="ranked list length per query")] = 100,
+    latency_queries: Annotated[int, typer.Option(min=1)] = 300,
+    cache_dir: Annotated[
+        Path | None, typer.Option(help="where item vectors are kept between runs")
+    ] = None,
+) -> None:
+    """Home Depot search relevance: every stage against the BM25 peer, on dev queries."""
+    from shoplm.eval.search import evaluate_stages, home_depot_split, write_report
+
+    _require_shared_data()
+    split = home_depot_split(seed, dev_fraction)
+    report = evaluate_stages(split, depth, latency_queries, cache_dir, progress=True)
+    console.print(write_report(report, out))
+    console.print(f"written to {out}/eval_search.{{json,md,svg}}")
+
+
+@app.command("recommend")
+def recommend(
+    dataset: Annotated[
+        str, typer.Option(help="beauty, scientific, or (Online Retail) or all")
+    ] = "all",
+    out: Annotated[Path, typer.Option("--out", help="JSON report")] = Path("eval/recommend.json"),
+    workdir: Annotated[
+        Path | None, typer.Option(help="where the input files and engines are built")
+    ] = None,
+) -> None:
+    """Leave-one-out next-item evaluation of the default build on the public datasets."""
+    from shoplm.eval.recommend import DATASETS, evaluate_build, load_dataset
+
+    _require_shared_data()
+    names = list(DATASETS) if dataset == "all" else [dataset]
+    if any(name not in DATASETS for name in names):
+        console.print(f"[red]error:[/red] --dataset: choose from {', '.join(DATASETS)} or all")
+        raise typer.Exit(2)
+    root = workdir or Path(tempfile.mkdtemp(prefix="shoplm-eval-"))
+    rows = [evaluate_build(load_dataset(name), root / name) for name in names]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(rows, indent=1))
+    table = Table(title="default build, leave-one-out, full ranking")
+    columns = ["recall@5", "recall@10", "recall@20", "ndcg@5", "ndcg@10", "ndcg@20"]
+    for column in ["dataset", *columns, "build_seconds"]:
+        table.add_column(column)
+    for row in rows:
+        table.add_row(
+            row["dataset"], *(f"{row[c]:.4f}" for c in columns), str(row["build_seconds"])
+        )
+    console.print(table)
+    console.print(f"written to {out}")
