@@ -1,0 +1,84 @@
+"""In-process latency of one personal-recommendation request, and of a similar-items request.
+
+An engine is built by ``shoplm eval recommend`` (or any ``shoplm build``); this script loads
+it and answers ``--requests`` single-user calls of ``Engine.recommend([user], k)`` (what the
+service does per HTTP request, minus HTTP), then ``Engine.similar([item], k)``, for users and
+items drawn with a fixed seed from the engine's own histories, after ``--warmup`` calls.
+A tenth of the users are ids the engine never saw (the cold-start answer path). Reported:
+p50 / p99 / max in milliseconds, the process CPU time per request, and the 1-minute load
+average, because on a shared host wall time moves with other jobs and CPU time much less.
+
+    python bench/recommend_latency.py --engine /tmp/shoplm-eval/beauty/engine \\
+        --users /tmp/shoplm-eval/beauty/input/events.csv --out bench/results/rec_latency.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from shoplm.engine import Engine
+
+
+def timed(call: Callable[[object], object], keys: list[str], warmup: int) -> dict[str, float]:
+    for key in keys[:warmup]:
+        call(key)
+    times = np.empty(len(keys))
+    cpu_start = time.process_time()
+    for i, key in enumerate(keys):
+        start = time.perf_counter()
+        call(key)
+        times[i] = time.perf_counter() - start
+    cpu = time.process_time() - cpu_start
+    ms = times * 1e3
+    return {
+        "requests": len(keys),
+        "p50_ms": float(np.percentile(ms, 50)),
+        "p99_ms": float(np.percentile(ms, 99)),
+        "max_ms": float(ms.max()),
+        "cpu_ms_per_request": cpu * 1e3 / len(keys),
+        "load_avg_1m": os.getloadavg()[0],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--engine", type=Path, required=True)
+    parser.add_argument("--users", type=Path, required=True, help="event file with user_id")
+    parser.add_argument("--requests", type=int, default=2000)
+    parser.add_argument("--warmup", type=int, default=50)
+    parser.add_argument("--k", type=int, default=10)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=Path("bench/results/rec_latency.json"))
+    args = parser.parse_args()
+
+    engine = Engine.load(args.engine)
+    rng = np.random.default_rng(args.seed)
+    known = pd.read_csv(args.users, usecols=["user_id"], dtype=str)["user_id"].unique()
+    users = rng.choice(known, args.requests).astype(object)
+    users[rng.random(args.requests) < 0.1] = "never-seen-user"
+    items = rng.choice(engine.items["item_id"].to_numpy(dtype=object), args.requests)
+    report = {
+        "engine": str(engine.path),
+        "n_items": len(engine.items),
+        "n_users": len(engine.history_users),
+        "cpu_count": os.cpu_count(),
+        "machine": platform.processor() or platform.machine(),
+        "recommend": timed(lambda u: engine.recommend([u], args.k), users.tolist(), args.warmup),
+        "similar": timed(lambda i: engine.similar([i], args.k), items.tolist(), args.warmup),
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=1))
+    print(json.dumps(report, indent=1))
+
+
+if __name__ == "__main__":
+    main()
