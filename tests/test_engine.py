@@ -232,3 +232,33 @@ def test_similar_items_contract(tmp_path, shop, write):
     assert len(drill["items"]) == len(drill["reasons"]) == 3
     assert unknown["reasons"] == ["popular in the shop"] * 3
     assert unknown["items"][0] == "drill-1"
+
+
+def test_unavailable_items_are_never_searched_or_recommended(tmp_path, write):
+    catalog = write(
+        "catalog.csv",
+        "item_id,title,category,available\n"
+        "drill-1,Cordless Drill 20V,Tools,yes\n"
+        "drill-2,Hammer Drill,Tools,false\n"
+        "drill-3,Drill Bits,Tools,\n"
+        "lamp-1,Desk Lamp,Home,maybe\n",
+    )
+    events = write(
+        "events.csv",
+        "user_id,item_id,event\nann,drill-1,purchase\nann,drill-2,purchase\n"
+        "bo,drill-1,purchase\nbo,drill-2,purchase\nbo,drill-3,purchase\n",
+    )
+    result = Engine.build(catalog, tmp_path / "engine", events)
+    # an unreadable flag is reported and the item stays available
+    assert result.report.counts[(str(catalog), "available", "warning", _FLAG_REASON)] == 1
+    engine = Engine.load(tmp_path / "engine")
+    assert engine.available.tolist() == [True, False, True, True]
+    assert "drill-2" not in engine.search(["drill"], 10)[0].items
+    assert "drill-2" not in engine.search_pipeline.search("hammer drill", 10).ids
+    for rec in [*engine.recommend(["ann", "bo", "new"], 10), *engine.similar(["drill-1"], 10)]:
+        assert "drill-2" not in rec.items and rec.items
+    # its history still counts: drill-2 links drill-1 to drill-3 for a new cart
+    assert engine.recommend(["ann"], 1)[0].items == ["drill-3"]
+
+
+_FLAG_REASON = "not true/false, yes/no or 1/0; item kept as available"

@@ -15,7 +15,7 @@ import pandas as pd
 from shoplm.config import ShoplmConfig
 from shoplm.data.clean import clean_text_column
 from shoplm.data.mapping import resolve_columns
-from shoplm.data.parsing import parse_numbers, parse_timestamps
+from shoplm.data.parsing import parse_flags, parse_numbers, parse_timestamps
 from shoplm.data.readers import Chunk, read_chunks
 from shoplm.data.report import ValidationReport
 from shoplm.data.schema import ITEM_FIELDS, ITEM_TEXT_FIELDS
@@ -140,6 +140,19 @@ def _normalise_items(
             ),
             utc=True,
         )
+
+    out["available"] = True
+    if "available" in columns:
+        flags = parse_flags(frame[columns["available"]])
+        report.add(
+            name,
+            rows[flags.bad & keep],
+            "available",
+            "warning",
+            "not true/false, yes/no or 1/0; item kept as available",
+            frame[columns["available"]].to_numpy()[flags.bad & keep],
+        )
+        out["available"] = flags.values | flags.missing | flags.bad
 
     extra = [c for c in frame.columns if c not in columns.values()]
     out["attributes"] = _attributes(

@@ -49,6 +49,23 @@ def parse_numbers(values: pd.Series, strip_currency: bool = False) -> Parsed:
     return Parsed(np.where(bad | missing, np.nan, numbers), missing, bad)
 
 
+_TRUE = frozenset({"true", "yes", "y", "1", "t", "in stock", "available"})
+_FALSE = frozenset({"false", "no", "n", "0", "f", "out of stock", "unavailable", "hidden"})
+
+
+def parse_flags(values: pd.Series) -> Parsed:
+    """Booleans from true/false, yes/no, 1/0 (any case) or typed booleans; values are bool."""
+    missing = _blank(values)
+    if pd.api.types.is_bool_dtype(values.dtype) or pd.api.types.is_numeric_dtype(values.dtype):
+        numbers = values.to_numpy(dtype=np.float64, na_value=np.nan)
+        bad = ~missing & ~np.isin(numbers, (0.0, 1.0))
+        return Parsed(numbers == 1.0, missing, bad)
+    text = values.astype("string").str.strip().str.lower()
+    truthy = text.isin(_TRUE).to_numpy(dtype=bool)
+    falsy = text.isin(_FALSE).to_numpy(dtype=bool)
+    return Parsed(truthy, missing, ~missing & ~truthy & ~falsy)
+
+
 def parse_timestamps(values: pd.Series, now: pd.Timestamp | None = None) -> Parsed:
     """UTC timestamps as int64 nanoseconds (missing or bad: the int64 minimum, NaT).
 

@@ -36,6 +36,10 @@ ITEM_FIELDS: Final[dict[str, str]] = {
     "image": "image path or URL",
     "created_at": "when the product was added (ISO 8601 or epoch seconds)",
     "attributes": "JSON object of further fields; unmapped input columns are gathered here",
+    "available": (
+        "false, no or 0 keeps the product out of search results and recommendations (out of "
+        "stock, withdrawn) while its history still teaches the models; empty means available"
+    ),
 }
 
 #: Event fields: name -> meaning. Only ``user_id`` and ``item_id`` are required.

@@ -22,17 +22,28 @@ _TIE_BREAK = 1e-3
 
 
 class PersonalFeed:
-    """Ranks co-occurring items above popular ones; explains each recommendation."""
+    """Ranks co-occurring items above popular ones; explains each recommendation.
+
+    Business rules and diversity apply on top: items marked unavailable (``available``
+    False) are never recommended, and with ``diversity`` > 0 the list is re-ranked by
+    maximal marginal relevance so that it does not fill up with one category.
+    """
 
     def __init__(
         self,
         cooccurrence: CooccurrenceRecommender,
         popularity: PopularityRecommender,
         titles: np.ndarray,
+        available: np.ndarray | None = None,
+        categories: np.ndarray | None = None,
+        diversity: float = 0.0,
     ) -> None:
         self.cooccurrence = cooccurrence
         self.popularity = popularity
         self.titles = titles
+        self.available = available
+        self.categories = categories
+        self.diversity = diversity
 
     def recommend(
         self, histories: Sequences, k: int
@@ -47,7 +58,12 @@ class PersonalFeed:
         scores += _TIE_BREAK * popular / _row_max(popular)
         rows = np.repeat(np.arange(len(histories)), histories.lengths)
         scores[rows, histories.items] = -np.inf
-        ids, best = top_k(scores.astype(np.float32), k)
+        if self.available is not None:
+            scores[:, ~self.available] = -np.inf
+        if self.diversity > 0 and self.categories is not None:
+            ids, best = diversify(scores.astype(np.float32), self.categories, k, self.diversity)
+        else:
+            ids, best = top_k(scores.astype(np.float32), k)
         return ids, best, self._reasons(histories, ids, together)
 
     def _reasons(
@@ -75,6 +91,39 @@ class PersonalFeed:
         return reasons
 
 
+def diversify(
+    scores: np.ndarray, categories: np.ndarray, k: int, diversity: float, pool: int = 50
+) -> tuple[np.ndarray, np.ndarray]:
+    """Top ``k`` by maximal marginal relevance over each row's best ``pool`` items.
+
+    Each step takes the candidate maximising ``(1 - diversity) * relevance - diversity *
+    redundancy``, where relevance is the score scaled to [0, 1] within the pool and
+    redundancy is 1 when a chosen item already has the candidate's category (code < 0: no
+    category, never redundant). Vectorised over rows: ``k`` steps of (rows x pool) arrays.
+    """
+    ids, best = top_k(scores, max(pool, k))
+    finite = np.isfinite(best)
+    low = np.where(finite, best, np.inf).min(axis=1, keepdims=True)
+    high = np.where(finite, best, -np.inf).max(axis=1, keepdims=True)
+    relevance = np.where(finite, (best - low) / np.maximum(high - low, 1e-12), -np.inf)
+    cats = np.where(ids >= 0, categories[np.maximum(ids, 0)], -1)
+    redundancy = np.zeros(ids.shape, dtype=np.float32)
+    rows = np.arange(len(ids))
+    picks = np.zeros((len(ids), k), dtype=np.int64)
+    valid = np.zeros((len(ids), k), dtype=bool)
+    for step in range(k):
+        value = (1.0 - diversity) * relevance - diversity * redundancy
+        pick = np.argmax(value, axis=1)
+        picks[:, step] = pick
+        valid[:, step] = np.isfinite(value[rows, pick])  # else every candidate is used up
+        relevance[rows, pick] = -np.inf  # taken
+        chosen = cats[rows, pick]
+        redundancy = np.maximum(redundancy, (cats == chosen[:, None]) & (chosen[:, None] >= 0))
+    chosen_ids = np.take_along_axis(ids, picks, axis=1)
+    chosen_scores = np.take_along_axis(best, picks, axis=1)
+    return np.where(valid, chosen_ids, -1), np.where(valid, chosen_scores, -np.inf)
+
+
 def _row_max(scores: np.ndarray) -> np.ndarray:
     return np.maximum(scores.max(axis=1, keepdims=True), 1e-12)
 
@@ -85,9 +134,11 @@ def similar_items(
     item_vectors: np.ndarray | None,
     item_ids: np.ndarray,
     k: int,
+    available: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, list[list[str]]]:
     """Items to show next to each item: bought together first, then the nearest products
     by text embedding, then popular ones; -1 in ``item_ids`` (an unknown item) gets popular.
+    Items marked unavailable are never shown.
     """
     known = item_ids >= 0
     anchors = np.where(known, item_ids, 0)
@@ -108,6 +159,8 @@ def similar_items(
     popular = popularity.popularity_ / max(float(popularity.popularity_.max()), 1e-12)
     scores = np.maximum(scores, 0.5 * popular[None, :])
     scores[np.flatnonzero(known), item_ids[known]] = -np.inf
+    if available is not None:
+        scores[:, ~available] = -np.inf
     ids, best = top_k(scores, k)
     names = np.select([best >= 2.0, best >= 1.0], [BOUGHT_TOGETHER, SIMILAR], POPULAR)
     reasons = [names[r][ids[r] >= 0].tolist() for r in range(len(ids))]

@@ -146,6 +146,11 @@ class SearchPipeline:
 
     def _fit_filters(self, items: pd.DataFrame) -> None:
         self.prices_ = items["price"].to_numpy(dtype=np.float64)
+        self.available_ = (
+            items["available"].to_numpy(dtype=bool)
+            if "available" in items
+            else np.ones(len(items), dtype=bool)
+        )
         self.brand_codes_, self.brands_ = pd.factorize(items["brand"].fillna("").astype(str))
         self.category_codes_, self.categories_ = pd.factorize(
             items["category"].fillna("").astype(str)
@@ -163,10 +168,11 @@ class SearchPipeline:
         parsed = self.parser_.parse([str(q) for q in queries])
         ids, scores = self._ranked([p.text for p in parsed], self.depth)
         masks = [self._mask(p, None) for p in parsed]
+        keep = (ids >= 0) & self.available_[np.maximum(ids, 0)]
         if any(m is not None for m in masks):
             allowed = np.stack([np.ones(self.n_items_, bool) if m is None else m for m in masks])
-            keep = (ids >= 0) & np.take_along_axis(allowed, np.maximum(ids, 0), axis=1)
-            scores = np.where(keep, scores, -np.inf)
+            keep &= np.take_along_axis(allowed, np.maximum(ids, 0), axis=1)
+        scores = np.where(keep, scores, -np.inf)
         order, best = top_k(scores, k)
         picked = np.take_along_axis(ids, np.maximum(order, 0), axis=1)
         return np.where(order >= 0, picked, -1), best
@@ -180,7 +186,7 @@ class SearchPipeline:
         depth = FILTERED_DEPTH if mask is not None else max(self.depth, offset + k)
         ids, scores = self._ranked([parsed.text], depth)
         ids, scores = ids[0], scores[0]
-        keep = (ids >= 0) & np.isfinite(scores)
+        keep = (ids >= 0) & np.isfinite(scores) & self.available_[np.maximum(ids, 0)]
         if mask is not None:
             keep &= mask[np.maximum(ids, 0)]
         ids, scores = ids[keep], scores[keep]
@@ -266,6 +272,7 @@ class SearchPipeline:
         if self.ranker_ is not None:
             self.ranker_.save(path / "ranker")
         np.save(path / "prices.npy", self.prices_)
+        np.save(path / "available.npy", self.available_)
         pd.DataFrame({"brand": self.brand_codes_, "category": self.category_codes_}).to_parquet(
             path / "filters.parquet"
         )
@@ -299,6 +306,10 @@ class SearchPipeline:
             LambdaMARTRanker.load(path / "ranker") if (path / "ranker").exists() else None
         )
         model.prices_ = np.load(path / "prices.npy")
+        available = path / "available.npy"
+        model.available_ = (
+            np.load(available) if available.exists() else np.ones(model.n_items_, dtype=bool)
+        )
         codes = pd.read_parquet(path / "filters.parquet")
         model.brand_codes_ = codes["brand"].to_numpy()
         model.category_codes_ = codes["category"].to_numpy()
