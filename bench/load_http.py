@@ -7,10 +7,16 @@ a fixed time; p50/p99 latency and requests per second are printed and written as
 
 Routes: ``GET /search`` over queries made from catalogue titles, ``GET
 /users/{id}/recommendations`` over the shop's real user ids, ``POST /events`` with one
-event per request (each a durable, fsynced commit).
+event per request (``events``) and with ten (``events10``); every 2xx of these is durable
+(fsynced), the server committing the requests that arrive together in one transaction.
+
+Next to each cell the JSON records the 1-minute load average at its end and the server
+process's CPU time per request (user + system, from ``/proc``), since on a shared host the
+wall-clock figures move with other people's jobs while CPU per request does much less.
 
     python bench/load_http.py                       # builds the demo shop's engine first
     python bench/load_http.py --engine DIR --users users.txt --seconds 10
+    python bench/load_http.py --engine DIR --routes recommendations events10
 
 Both processes share the machine's cores, so the figures are a floor for a dedicated host.
 """
@@ -37,6 +43,9 @@ import numpy as np
 
 API_KEY = "bench-key-" + os.urandom(8).hex()
 CONCURRENCY = (1, 8, 64)
+ROUTES = ("search", "recommendations", "events", "events10")
+#: events per request on the ``events10`` route
+BATCH = 10
 
 
 def _free_port() -> int:
@@ -73,6 +82,10 @@ def _workload(engine_dir: Path, users: list[str], n: int, seed: int) -> dict[str
     item_ids = items["item_id"].astype(str).to_numpy()
     picked_users = rng.choice(np.asarray(users, dtype=object), n)
     picked_items = rng.choice(item_ids, n)
+
+    def event(j: int) -> dict[str, str]:
+        return {"user_id": str(picked_users[j]), "item_id": str(picked_items[j]), "event": "view"}
+
     return {
         "search": [{"method": "GET", "path": f"/search?q={q}&k=10"} for q in queries],
         "recommendations": [
@@ -80,12 +93,15 @@ def _workload(engine_dir: Path, users: list[str], n: int, seed: int) -> dict[str
             for u in picked_users
         ],
         "events": [
+            {"method": "POST", "path": "/events", "body": json.dumps(event(j))} for j in range(n)
+        ],
+        "events10": [
             {
                 "method": "POST",
                 "path": "/events",
-                "body": json.dumps({"user_id": str(u), "item_id": str(i), "event": "view"}),
+                "body": json.dumps([event((j + b) % n) for b in range(BATCH)]),
             }
-            for u, i in zip(picked_users, picked_items, strict=True)
+            for j in range(n)
         ],
     }
 
@@ -137,8 +153,9 @@ def _run_wrk(url: str, requests: list[dict], concurrency: int, seconds: int) -> 
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     socket_errors = re.search(r"Socket errors: (.*)", out)
     return {
-        "p50_ms": _wrk_ms(re.search(r"50%\s+(\S+)", out)),
-        "p99_ms": _wrk_ms(re.search(r"99%\s+(\S+)", out)),
+        # anchored: a thread-stats line may end in "66.50%", which must not match
+        "p50_ms": _wrk_ms(re.search(r"^\s+50%\s+(\S+)", out, re.M)),
+        "p99_ms": _wrk_ms(re.search(r"^\s+99%\s+(\S+)", out, re.M)),
         "requests_per_s": float(re.search(r"Requests/sec:\s+(\S+)", out).group(1)),
         "requests": int(re.search(r"(\d+) requests in", out).group(1)),
         "non_2xx": int(errors.group(1)) if errors else 0,
@@ -207,6 +224,12 @@ def _run_httpx(url: str, requests: list[dict], concurrency: int, seconds: int) -
 
 
 # ---------------------------------------------------------------------- main
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux ``/proc``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _warm_up(url: str, requests: list[dict]) -> None:
     """A few requests first, so one-off costs (first-call caches) stay out of the figures."""
     headers = {"Content-Type": "application/json", "X-API-Key": API_KEY}
@@ -242,6 +265,10 @@ def main() -> None:
     parser.add_argument("--lexical-only", action="store_true", help="demo engine without dense")
     parser.add_argument("--seconds", type=int, default=5, help="per route and concurrency")
     parser.add_argument("--generator", choices=["auto", "wrk", "httpx"], default="auto")
+    parser.add_argument("--routes", nargs="+", choices=ROUTES, default=list(ROUTES))
+    parser.add_argument(
+        "--concurrency", type=int, nargs="+", default=list(CONCURRENCY), help="connections"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("bench/results/load_http.json"))
     parser.add_argument("--client", help=argparse.SUPPRESS)
@@ -276,15 +303,29 @@ def main() -> None:
         url = f"http://127.0.0.1:{port}"
         results = []
         try:
-            for route, requests in workload.items():
+            for route in args.routes:
+                requests = workload[route]
                 _warm_up(url, requests[:20])
-                for concurrency in CONCURRENCY:
+                for concurrency in args.concurrency:
+                    cpu_before = _cpu_seconds(server.pid)
                     figures = run(url, requests, concurrency, args.seconds)
+                    cpu = _cpu_seconds(server.pid) - cpu_before
+                    figures["server_cpu_ms_per_request"] = 1e3 * cpu / max(figures["requests"], 1)
+                    figures["load_average_1m"] = os.getloadavg()[0]
+                    if route.startswith("events"):
+                        per_request = BATCH if route == "events10" else 1
+                        figures["events_per_s"] = figures["requests_per_s"] * per_request
                     results.append({"route": route, "concurrency": concurrency, **figures})
+                    events = (
+                        f"  {figures['events_per_s']:8.0f} events/s"
+                        if "events_per_s" in figures
+                        else ""
+                    )
                     print(
                         f"{route:16s} c={concurrency:<3d} p50 {figures['p50_ms']:8.2f} ms  "
                         f"p99 {figures['p99_ms']:8.2f} ms  {figures['requests_per_s']:8.1f} req/s"
-                        f"  non-2xx {figures['non_2xx']}",
+                        f"{events}  cpu {figures['server_cpu_ms_per_request']:.2f} ms/req"
+                        f"  load {figures['load_average_1m']:.1f}  non-2xx {figures['non_2xx']}",
                         flush=True,
                     )
         finally:

@@ -80,6 +80,13 @@ def test_default_build_is_tuned_and_scored_end_to_end(tmp_path) -> None:
     manifest = json.loads((tmp_path / "engine" / "current" / "manifest.json").read_text())
     tuning = manifest["tuning"]["cooccurrence"]
     assert tuning["validation_users"] == 400 and tuning["trials"]
+    collaborative = manifest["tuning"]["collaborative"]
+    assert [trial["params"]["collaborative_weight"] for trial in collaborative["trials"]] == [
+        0.0, 0.25, 0.5, 1.0
+    ]
+    weight = manifest["feed"]["collaborative_weight"]
+    assert weight == collaborative["params"]["collaborative_weight"]
+    assert ("als" in manifest["components"]["recommend"]) == (weight > 0)
     # the pair partner is the obvious next item once the window fits the log
     assert report["recall@10"] > 0.9
     assert report["n_users"] == 400

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sqlite3
 import threading
 import time
 from pathlib import Path
@@ -229,19 +230,21 @@ def test_concurrent_posts_are_committed_together_each_with_its_own_answer(client
         except EventsRejected as exc:
             outcomes[i] = exc.problems
 
-    # hold the commit while all four requests queue, so they form one group
-    with live._flush_lock:
+    # hold the committer while the requests queue, so they form one group; the request with
+    # a bad row is refused before it queues
+    with live._commit_lock:
         threads = [threading.Thread(target=post, args=(i,)) for i in range(4)]
         for thread in threads:
             thread.start()
-        while len(live._pending) < 4:
+        while len(live._queue) < 3:
             time.sleep(0.01)
     for thread in threads:
         thread.join()
     assert outcomes[0] == 1 and outcomes[1] == 2 and outcomes[3] == 1
     assert [(p["row"], p["field"]) for p in outcomes[2]] == [(1, "item_id")]
-    stored = EventLog(tmp_path / "live" / LOG_FILE).events()
-    assert len(stored) == 1 + 2 + 1
+    with sqlite3.connect(tmp_path / "live" / LOG_FILE) as db:
+        commits = db.execute("SELECT COUNT(*), COUNT(DISTINCT received_at) FROM events").fetchone()
+    assert commits == (1 + 2 + 1, 1)  # one transaction stored the three requests
 
 
 def test_new_items_are_searchable_and_deleted_items_vanish(client, engine_dir, tmp_path):

@@ -76,6 +76,9 @@ class RecommendConfig(_Section):
     tune_seconds: float = Field(default=180.0, gt=0)
     #: validation users sampled for the search (seeded): bounds its cost on a large log
     tune_users: int = Field(default=20_000, ge=50)
+    #: blend implicit ALS into the feed when held-out items say it helps (its share is
+    #: chosen from 0, 0.25, 0.5, 1 at build time; 0 leaves it out of the engine)
+    collaborative: bool = True
     #: maximal marginal relevance on category in the personal feed: 0 ranks by relevance
     #: alone, 0.3 trades some of it for lists that are not all one category
     diversity: float = Field(default=0.0, ge=0.0, lt=1.0)

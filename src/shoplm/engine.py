@@ -35,10 +35,18 @@ from shoplm.data.privacy import PrivacyError, Pseudonymiser
 from shoplm.data.report import ValidationReport
 from shoplm.data.schema import EVENT_CODES, EventType
 from shoplm.models.encoders import cache_dir
+from shoplm.recommend.als import ALSRecommender
 from shoplm.recommend.cooccurrence import CooccurrenceRecommender
 from shoplm.recommend.feed import PersonalFeed, similar_items
 from shoplm.recommend.popularity import PopularityRecommender
-from shoplm.recommend.tuning import COOCCURRENCE_STAGES, grid_search, last_item_split
+from shoplm.recommend.tuning import (
+    COOCCURRENCE_STAGES,
+    GridResult,
+    ValidationSplit,
+    grid_search,
+    last_item_split,
+    tune_collaborative_weight,
+)
 from shoplm.search.logs import search_clicks
 from shoplm.search.pipeline import SearchFilters, SearchPage, SearchPipeline
 
@@ -97,6 +105,7 @@ class Engine:
         history_users: pd.Index,
         histories: Sequences,
         config: ShoplmConfig,
+        collaborative: ALSRecommender | None = None,
     ) -> None:
         self.path = path
         self.manifest = manifest
@@ -117,6 +126,8 @@ class Engine:
             available=self.available,
             categories=pd.factorize(items["category"].replace("", None))[0],
             diversity=config.recommend.diversity,
+            collaborative=collaborative,
+            collaborative_weight=manifest.get("feed", {}).get("collaborative_weight", 0.0),
         )
         self.history_users = history_users
         self.histories = histories
@@ -181,10 +192,20 @@ class Engine:
             search = _fit_search(items, event_table, interactions, labels, config)
             search.save(staging / "search")
             PopularityRecommender().fit(interactions).save(staging / "recommend" / "popularity")
-            cooccurrence_params, tuning = _tune_cooccurrence(interactions, config)
+            split = (
+                last_item_split(interactions, config.recommend.tune_users, seed=0)
+                if config.recommend.tune
+                else None
+            )
+            cooccurrence_params, tuning = _tune_cooccurrence(split, config)
             CooccurrenceRecommender(**cooccurrence_params).fit(interactions).save(
                 staging / "recommend" / "cooccurrence"
             )
+            feed_weight, tuning["collaborative"] = _tune_collaborative(
+                split, cooccurrence_params, config
+            )
+            if feed_weight > 0:
+                _collaborative_model().fit(interactions).save(staging / "recommend" / "als")
 
             manifest = {
                 "format_version": FORMAT_VERSION,
@@ -209,9 +230,11 @@ class Engine:
                 "pseudonym_key_fingerprint": pseudonymiser.fingerprint,
                 "components": {
                     "search": _search_stages(search),
-                    "recommend": ["cooccurrence", "popularity"],
+                    "recommend": ["cooccurrence", "popularity"]
+                    + (["als"] if feed_weight > 0 else []),
                 },
-                "tuning": {"cooccurrence": tuning},
+                "feed": {"collaborative_weight": feed_weight},
+                "tuning": tuning,
             }
             (staging / store.MANIFEST).write_text(json.dumps(manifest, indent=2), "utf-8")
         except BaseException:
@@ -250,6 +273,8 @@ class Engine:
             recommender = PopularityRecommender.load(part)
             part = version / "recommend" / "cooccurrence"
             cooccurrence = CooccurrenceRecommender.load(part)
+            part = version / "recommend" / "als"
+            collaborative = ALSRecommender.load(part) if part.exists() else None
         except Exception as exc:
             named = getattr(exc, "filename", None) or part
             raise store.EngineNotFoundError(f"{named}: cannot be loaded ({exc})") from exc
@@ -263,6 +288,7 @@ class Engine:
             history_users=pd.Index(users),
             histories=histories,
             config=config,
+            collaborative=collaborative,
         )
 
     @staticmethod
@@ -454,21 +480,46 @@ def _fit_search(
 
 
 def _tune_cooccurrence(
-    interactions: Interactions, config: ShoplmConfig
+    split: ValidationSplit | None, config: ShoplmConfig
 ) -> tuple[dict[str, object], dict[str, object]]:
     """Co-occurrence parameters chosen on the log's own held-out last items."""
-    settings = config.recommend
-    split = last_item_split(interactions, settings.tune_users, seed=0) if settings.tune else None
     if split is None:
-        reason = "off in config" if not settings.tune else "fewer than 50 users with 2+ items"
-        return {}, {"params": {}, "skipped": reason}
+        return {}, {"cooccurrence": {"params": {}, "skipped": _no_tuning(config)}}
     result = grid_search(
         lambda params: CooccurrenceRecommender(**params),
         COOCCURRENCE_STAGES,
         split,
-        max_seconds=settings.tune_seconds,
+        max_seconds=config.recommend.tune_seconds,
     )
-    return result.params, {
+    return result.params, {"cooccurrence": _tuning_record(result)}
+
+
+def _collaborative_model() -> ALSRecommender:
+    return ALSRecommender(factors=128, regularization=10.0, alpha=50.0, random_state=0)
+
+
+def _tune_collaborative(
+    split: ValidationSplit | None, cooccurrence_params: dict[str, object], config: ShoplmConfig
+) -> tuple[float, dict[str, object]]:
+    """The share of ALS in the feed (0 leaves it out of the engine), on held-out items."""
+    if split is None or not config.recommend.collaborative:
+        reason = _no_tuning(config) if split is None else "off in config"
+        return 0.0, {"params": {"collaborative_weight": 0.0}, "skipped": reason}
+    result = tune_collaborative_weight(
+        split,
+        CooccurrenceRecommender(**cooccurrence_params),  # type: ignore[arg-type]
+        _collaborative_model(),
+        max_seconds=config.recommend.tune_seconds,
+    )
+    return float(result.params["collaborative_weight"]), _tuning_record(result)
+
+
+def _no_tuning(config: ShoplmConfig) -> str:
+    return "off in config" if not config.recommend.tune else "fewer than 50 users with 2+ items"
+
+
+def _tuning_record(result: GridResult) -> dict[str, object]:
+    return {
         "params": result.params,
         "metric": "ndcg@10 on each user's held-out last item",
         "validation_users": result.n_validation_users,

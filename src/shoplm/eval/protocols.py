@@ -13,14 +13,14 @@ from shoplm.eval.metrics import (
     ndcg_from_ranks,
     target_ranks,
 )
-from shoplm.recommend.base import Recommender
+from shoplm.recommend.base import Scorer
 
 Ties = Literal["optimistic", "pessimistic"]
 
 
 @overload
 def evaluate_next_item(
-    model: Recommender,
+    model: Scorer,
     history: Sequences,
     targets: np.ndarray,
     ks: tuple[int, ...] = ...,
@@ -33,7 +33,7 @@ def evaluate_next_item(
 
 @overload
 def evaluate_next_item(
-    model: Recommender,
+    model: Scorer,
     history: Sequences,
     targets: np.ndarray,
     ks: tuple[int, ...] = ...,
@@ -46,7 +46,7 @@ def evaluate_next_item(
 
 
 def evaluate_next_item(
-    model: Recommender,
+    model: Scorer,
     history: Sequences,
     targets: np.ndarray,
     ks: tuple[int, ...] = (5, 10, 20),

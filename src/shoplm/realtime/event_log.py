@@ -10,13 +10,19 @@ Durability: the database runs in WAL mode with ``synchronous=FULL``. In WAL mode
 killed *process* loses nothing (the WAL is in the OS page cache), but a power cut or kernel
 crash can lose the last commits, i.e. events the client was told were stored. ``FULL``
 fsyncs the WAL on every commit, so a 2xx means the event is on disk. The price is one
-fsync per request, which callers amortise by posting events in batches (one transaction
-per request, whatever its size).
+fsync per commit, which the service amortises by committing every request waiting at that
+moment in one transaction (see :class:`shoplm.serve.live.LiveEngine`).
+
+A write that fails (disk full, file system read-only, an I/O error) is rolled back and
+raised as :class:`LogWriteError`, which says which of these it was and names the file;
+the connection stays usable, so writes succeed again once the disk has room.
 """
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import sqlite3
 import threading
 import time
@@ -51,21 +57,71 @@ CREATE TABLE IF NOT EXISTS items (
 
 #: Columns of the frames ``append`` takes and ``events`` returns.
 EVENT_COLUMNS = ("event_id", "user", "item", "event", "timestamp", "query", "value", "session")
+_INSERT = (
+    f"INSERT INTO events ({', '.join(EVENT_COLUMNS)}, received_at) "
+    f"VALUES ({', '.join('?' * (len(EVENT_COLUMNS) + 1))})"
+)
+
+
+class LogWriteError(OSError):
+    """The log could not be written; ``reason`` is ``"full"``, ``"read-only"`` or ``"io"``.
+
+    Nothing of the failed write is stored (its transaction was rolled back), and what was
+    stored before is intact: SQLite's WAL keeps the last committed state readable.
+    """
+
+    def __init__(self, path: Path, reason: str, detail: str) -> None:
+        what = {
+            "full": "the disk (or the log's size limit) is full",
+            "read-only": "the data directory is read-only",
+            "io": "an I/O error",
+        }[reason]
+        super().__init__(f"event log {path}: cannot write, {what} ({detail})")
+        self.reason = reason
 
 
 class EventLog:
     """One SQLite file; every write is one durable transaction, safe across threads."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, max_bytes: int | None = None) -> None:
+        """Open (or create) the log at ``path``; ``max_bytes`` caps the database's size.
+
+        At the cap a write fails as on a full disk, so the log cannot fill the disk the
+        engine and the operating system need.
+        """
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        # One connection shared by the server's worker threads; the lock serialises writers
-        # (SQLite allows one at a time anyway) and keeps reads off a half-done transaction.
-        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         self._lock = threading.Lock()
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(_SCHEMA)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            # One connection shared by the server's threads; the lock serialises writers
+            # (SQLite allows one at a time anyway) and keeps reads off a half-done
+            # transaction.
+            self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.executescript(_SCHEMA)
+            if max_bytes is not None:
+                page = self._db.execute("PRAGMA page_size").fetchone()[0]
+                self._db.execute(f"PRAGMA max_page_count={max(1, max_bytes // page)}")
+        except (OSError, sqlite3.Error) as exc:
+            error = self._write_error(exc)
+            if error.reason != "read-only" or not self.path.is_file():
+                raise error from exc
+            # An existing log on a read-only disk is still read: the service answers
+            # searches and recommendations, and refuses writes with this error.
+            self._db = self._open_read_only()
+            self.refusal: LogWriteError | None = error
+        else:
+            self.refusal = None
+
+    def _open_read_only(self) -> sqlite3.Connection:
+        """A read-only connection; with no WAL file left (a clean close) the file is whole
+        as it is, which SQLite is told (``immutable``) since it cannot make a lock file."""
+        wal = self.path.with_name(self.path.name + "-wal")
+        mode = "ro" if wal.exists() else "ro&immutable=1"
+        return sqlite3.connect(
+            f"{self.path.resolve().as_uri()}?mode={mode}", uri=True, check_same_thread=False
+        )
 
     def close(self) -> None:
         with self._lock:
@@ -80,11 +136,15 @@ class EventLog:
         """
         frame = events.loc[:, list(EVENT_COLUMNS)].astype(object)
         frame = frame.where(frame.notna(), None)
-        frame["received_at"] = time.time_ns()
-        ids = frame["event_id"]
-        given = json.dumps(ids.dropna().unique().tolist())
+        return self.append_rows(list(frame.itertuples(index=False, name=None)))
+
+    def append_rows(self, rows: list[tuple]) -> np.ndarray:
+        """:meth:`append` for rows already in :data:`EVENT_COLUMNS` order (no data frame)."""
+        received = time.time_ns()
+        given = json.dumps(list({r[0] for r in rows if r[0] is not None}))
+        new = np.ones(len(rows), dtype=bool)
         with self._lock, self._transaction():
-            stored_before = {
+            seen = {
                 row[0]
                 for row in self._db.execute(
                     "SELECT event_id FROM events WHERE event_id IN "
@@ -92,11 +152,12 @@ class EventLog:
                     (given,),
                 )
             }
-            new = ~(ids.isin(stored_before) | (ids.notna() & ids.duplicated())).to_numpy()
+            for i, row in enumerate(rows):
+                if row[0] is not None:
+                    new[i] = row[0] not in seen
+                    seen.add(row[0])
             self._db.executemany(
-                f"INSERT INTO events ({', '.join(EVENT_COLUMNS)}, received_at) "
-                f"VALUES ({', '.join('?' * (len(EVENT_COLUMNS) + 1))})",
-                frame[new].itertuples(index=False, name=None),
+                _INSERT, [(*row, received) for row, is_new in zip(rows, new, strict=True) if is_new]
             )
         return new
 
@@ -135,11 +196,40 @@ class EventLog:
 
     @contextmanager
     def _transaction(self) -> Iterator[None]:
-        """One ``BEGIN IMMEDIATE`` ... ``COMMIT``, rolled back if the body raises."""
-        self._db.execute("BEGIN IMMEDIATE")
+        """One ``BEGIN IMMEDIATE`` ... ``COMMIT``, rolled back if anything in it fails.
+
+        A failure to write (at any step: the commit is where a full disk usually shows) is
+        raised as :class:`LogWriteError`.
+        """
+        if self.refusal is not None:
+            raise self.refusal
         try:
-            yield
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+                self._db.execute("COMMIT")
+            except BaseException:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise
+        except sqlite3.OperationalError as exc:
+            raise self._write_error(exc) from exc
+
+    def _write_error(self, exc: Exception) -> LogWriteError:
+        """What kind of failure ``exc`` is: SQLite's code, or the file system's state."""
+        code = getattr(exc, "sqlite_errorcode", 0) & 0xFF  # the primary code of an extended one
+        if code == sqlite3.SQLITE_FULL or getattr(exc, "errno", None) == errno.ENOSPC:
+            return LogWriteError(self.path, "full", str(exc))
+        if code in (sqlite3.SQLITE_READONLY, sqlite3.SQLITE_CANTOPEN) or _read_only(
+            self.path.parent
+        ):
+            return LogWriteError(self.path, "read-only", str(exc))
+        return LogWriteError(self.path, "io", str(exc))
+
+
+def _read_only(folder: Path) -> bool:
+    """Whether ``folder`` is on a read-only file system or not writable by this process."""
+    try:
+        return bool(os.statvfs(folder).f_flag & os.ST_RDONLY) or not os.access(folder, os.W_OK)
+    except OSError:
+        return False

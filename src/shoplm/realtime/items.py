@@ -42,8 +42,10 @@ class _FreshIndex:
 
     @classmethod
     def build(cls, ids: np.ndarray, rows: pd.DataFrame) -> _FreshIndex:
-        text = rows[list(_TEXT_FIELDS)].fillna("").astype(str).agg(" ".join, axis=1)
-        words = [sorted(set(_words(t))) for t in text]
+        # one string per row (``agg(" ".join, axis=1)`` on no rows yields one per *column*,
+        # which made the field names searchable before any item was added)
+        fields = rows[list(_TEXT_FIELDS)].fillna("").astype(str)
+        words = [sorted(set(_words(" ".join(row)))) for row in fields.itertuples(index=False)]
         vocabulary = {w: i for i, w in enumerate(sorted({w for row in words for w in row}))}
         lengths = np.fromiter((len(r) for r in words), dtype=np.int64, count=len(words))
         columns = np.fromiter(
@@ -89,6 +91,9 @@ class LiveCatalog:
         # object text and float prices, so that edits of any shape can be written in
         self._frame = frame.astype({**dict.fromkeys(_TEXT_FIELDS, object), "price": float})
         self.ids = pd.Index(self._frame["item_id"])
+        #: the same ids as a plain array, read per response (an Arrow-backed index converts
+        #: its whole column on each ``to_numpy``)
+        self.id_array = self.ids.to_numpy(dtype=object)
         self.deleted = np.zeros(self.n_base, dtype=bool)
         self.titles = self._titles()
         self._fresh = _FreshIndex.build(np.zeros(0, dtype=np.int64), self._frame.iloc[:0])
@@ -103,6 +108,7 @@ class LiveCatalog:
             self._frame = pd.concat([self._frame, new], ignore_index=True)
             self.deleted = np.append(self.deleted, np.ones(len(new), dtype=bool))
             self.ids = pd.Index(self._frame["item_id"])
+            self.id_array = self.ids.to_numpy(dtype=object)
         rows = self.ids.get_indexer(edits["item_id"])
         live = ~edits["deleted"].to_numpy(dtype=bool)
         # an edit replaces the whole item: a field it leaves out becomes empty

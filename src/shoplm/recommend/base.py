@@ -10,11 +10,17 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Self
+from typing import Protocol, Self
 
 import numpy as np
 
 from shoplm.data.interactions import Interactions, Sequences
+
+
+class Scorer(Protocol):
+    """Anything that scores every item for a batch of histories (what evaluation needs)."""
+
+    def score(self, histories: Sequences) -> np.ndarray: ...
 
 
 class Recommender(ABC):

@@ -11,11 +11,12 @@ from __future__ import annotations
 import numpy as np
 
 from shoplm.data.interactions import Sequences
-from shoplm.recommend.base import top_k
+from shoplm.recommend.base import Recommender, top_k
 from shoplm.recommend.cooccurrence import CooccurrenceRecommender, history_matrix
 from shoplm.recommend.popularity import PopularityRecommender
 
 POPULAR = "popular in the shop"
+SIMILAR_TASTE = "liked by shoppers with similar taste"
 BOUGHT_TOGETHER = "bought together"
 SIMILAR = "similar product"
 _TIE_BREAK = 1e-3
@@ -23,6 +24,10 @@ _TIE_BREAK = 1e-3
 
 class PersonalFeed:
     """Ranks co-occurring items above popular ones; explains each recommendation.
+
+    A collaborative source (ALS) can join co-occurrence: each source's scores are scaled
+    by their row maximum and summed with ``collaborative_weight`` (chosen at build time on
+    held-out items; on Beauty's validation items weight 0.5 lifted Recall@10 by 6%).
 
     Business rules and diversity apply on top: items marked unavailable (``available``
     False) are never recommended, and with ``diversity`` > 0 the list is re-ranked by
@@ -37,10 +42,14 @@ class PersonalFeed:
         available: np.ndarray | None = None,
         categories: np.ndarray | None = None,
         diversity: float = 0.0,
+        collaborative: Recommender | None = None,
+        collaborative_weight: float = 0.0,
     ) -> None:
         self.cooccurrence = cooccurrence
         self.popularity = popularity
         self.titles = titles
+        self.collaborative = collaborative
+        self.collaborative_weight = collaborative_weight
         self.available = available
         self.categories = categories
         self.diversity = diversity
@@ -50,12 +59,7 @@ class PersonalFeed:
     ) -> tuple[np.ndarray, np.ndarray, list[list[str]]]:
         """Top ``k`` unseen items per history, their scores and one reason per item."""
         together = self.cooccurrence.score(histories)
-        popular = self.popularity.score(histories)
-        # co-occurring items land in [1, 2], popular-only ones in [0, 0.001]: the second
-        # source never outranks the first, and popularity only breaks near-ties (a larger
-        # share reorders co-occurring items: 0.5 cost 0.021 Recall@10 on Online Retail)
-        scores = np.where(together > 0, 1.0 + together / _row_max(together), 0.0)
-        scores += _TIE_BREAK * popular / _row_max(popular)
+        scores = self._blend(histories, together)
         rows = np.repeat(np.arange(len(histories)), histories.lengths)
         scores[rows, histories.items] = -np.inf
         if self.available is not None:
@@ -64,10 +68,27 @@ class PersonalFeed:
             ids, best = diversify(scores.astype(np.float32), self.categories, k, self.diversity)
         else:
             ids, best = top_k(scores.astype(np.float32), k)
-        return ids, best, self._reasons(histories, ids, together)
+        return ids, best, self._reasons(histories, ids, best, together)
+
+    def score(self, histories: Sequences) -> np.ndarray:
+        """The feed's score of every item (history not yet removed), for evaluation."""
+        return self._blend(histories, self.cooccurrence.score(histories)).astype(np.float32)
+
+    def _blend(self, histories: Sequences, together: np.ndarray) -> np.ndarray:
+        # recommended items land in [1, 2], popular-only ones in [0, 0.001]: popularity
+        # never outranks the personal sources and only breaks near-ties (a larger share
+        # reorders co-occurring items: 0.5 cost 0.021 Recall@10 on Online Retail)
+        relevance = together / _row_max(together)
+        weight = self.collaborative_weight if self.collaborative is not None else 0.0
+        if weight > 0:
+            extra = self.collaborative.score(histories)  # type: ignore[union-attr]
+            relevance = (relevance + weight * extra / _row_max(np.abs(extra))) / (1.0 + weight)
+        scores = np.where(relevance > 0, 1.0 + relevance, 0.0)
+        popular = self.popularity.score(histories)
+        return scores + _TIE_BREAK * popular / _row_max(popular)
 
     def _reasons(
-        self, histories: Sequences, ids: np.ndarray, together: np.ndarray
+        self, histories: Sequences, ids: np.ndarray, best: np.ndarray, together: np.ndarray
     ) -> list[list[str]]:
         weights = history_matrix(
             histories, self.cooccurrence.n_items, self.cooccurrence.recency_decay
@@ -87,7 +108,8 @@ class PersonalFeed:
                     int(j): f"bought together with {self.titles[s] or 'an earlier item'}"
                     for j, s in zip(linked, sources, strict=True)
                 }
-            reasons.append([because.get(int(j), POPULAR) for j in valid])
+            other = np.where(best[row][row_ids >= 0] >= 1.0, SIMILAR_TASTE, POPULAR)
+            reasons.append([because.get(int(j), str(o)) for j, o in zip(valid, other, strict=True)])
         return reasons
 
 

@@ -21,8 +21,14 @@ import numpy as np
 from shoplm.data.interactions import Interactions, Sequences
 from shoplm.eval.protocols import evaluate_next_item
 from shoplm.recommend.base import Recommender
+from shoplm.recommend.cooccurrence import CooccurrenceRecommender
+from shoplm.recommend.feed import PersonalFeed
+from shoplm.recommend.popularity import PopularityRecommender
 
 Stage = dict[str, list[Any]]
+
+#: Shares of the collaborative source in the feed tried at build time (0: co-occurrence only).
+COLLABORATIVE_WEIGHTS: tuple[float, ...] = (0.0, 0.25, 0.5, 1.0)
 
 #: Co-occurrence grid: session window and popularity damping first, then recency decay.
 COOCCURRENCE_STAGES: list[Stage] = [
@@ -99,5 +105,42 @@ def grid_search(
             result.params = max(scored, key=lambda pair: pair[0])[1]
         if result.stopped_early:
             break
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+def tune_collaborative_weight(
+    split: ValidationSplit,
+    cooccurrence: CooccurrenceRecommender,
+    collaborative: Recommender,
+    weights: tuple[float, ...] = COLLABORATIVE_WEIGHTS,
+    metric: str = "ndcg@10",
+    max_seconds: float | None = None,
+) -> GridResult:
+    """The collaborative source's share in the feed, by ``metric`` on the validation targets.
+
+    Both sources are fitted once on the validation training events; only the blend varies.
+    """
+    start = time.perf_counter()
+    cooccurrence.fit(split.train)
+    collaborative.fit(split.train)
+    popularity = PopularityRecommender().fit(split.train)
+    result = GridResult(params={"collaborative_weight": 0.0}, n_validation_users=len(split.targets))
+    best = -np.inf
+    for weight in weights:
+        if max_seconds is not None and time.perf_counter() - start > max_seconds:
+            result.stopped_early = True
+            break
+        feed = PersonalFeed(
+            cooccurrence,
+            popularity,
+            titles=np.zeros(0, dtype=object),
+            collaborative=collaborative,
+            collaborative_weight=weight,
+        )
+        score = evaluate_next_item(feed, split.history, split.targets, ks=(10,))[metric]
+        result.trials.append({"params": {"collaborative_weight": weight}, metric: score})
+        if score > best:
+            best, result.params = score, {"collaborative_weight": weight}
     result.seconds = time.perf_counter() - start
     return result

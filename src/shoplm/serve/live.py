@@ -3,42 +3,33 @@
 The engine answers from its build; this layer folds in the event log (recent items per
 user), catalogue edits (new items searchable, deleted items hidden) and erasures, so the
 HTTP routes stay thin and every answer reflects each acknowledged write.
+
+The engine and the state built on it (live catalogue, sessions) form one :class:`_Served`
+snapshot. A reader takes the snapshot once and answers from it alone, so a reload, which
+replaces the snapshot by a single assignment, never mixes two engine versions in one
+answer.
 """
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
-import pyarrow as pa
-import pyarrow.compute as pc
 
-from shoplm.config import EventsConfig
-from shoplm.data.events import DuplicateFinder, normalise_events
 from shoplm.data.interactions import Sequences
-from shoplm.data.report import ValidationReport
-from shoplm.data.schema import EVENT_CODES, EVENT_FIELDS
 from shoplm.engine import Engine, forget_user
 from shoplm.realtime.event_log import EventLog
+from shoplm.realtime.intake import CheckedEvents, EventValidator
 from shoplm.realtime.items import LiveCatalog
 from shoplm.realtime.sessions import SessionStore
 from shoplm.search.pipeline import SearchFilters
 
-_EVENT_NAMES = np.array(list(EVENT_CODES), dtype=object)
-
-
-@dataclass
-class _Ticket:
-    """One ``ingest`` call waiting for a group commit, and its outcome."""
-
-    records: list[dict[str, object]]
-    done: bool = False
-    stored: int = 0
-    error: Exception | None = None
+_NO_HISTORY = np.zeros(0, dtype=np.int64)
 
 
 class EventsRejected(ValueError):
@@ -51,8 +42,11 @@ class EventsRejected(ValueError):
 
 @dataclass
 class Ranked:
-    ids: np.ndarray
-    scores: np.ndarray
+    """One answer: the shop's item ids, their titles and scores, resolved in one snapshot."""
+
+    ids: list[str]
+    titles: list[str]
+    scores: list[float]
     total: int = 0
     suggestion: str | None = None
     facets: dict[str, dict[str, int]] | None = None
@@ -61,82 +55,162 @@ class Ranked:
     reasons: list[str] | None = None
 
 
-class LiveEngine:
-    """Queries and writes against one engine directory and its event log."""
+@dataclass(frozen=True)
+class _Served:
+    """One engine version and the live state built on it; replaced whole by a reload."""
 
-    def __init__(
-        self,
-        engine: Engine,
-        engine_dir: Path,
-        log: EventLog,
-        catalog: LiveCatalog,
-        sessions: SessionStore,
-    ) -> None:
-        self.engine = engine
-        self.engine_dir = engine_dir
-        self.log = log
-        self.catalog = catalog
-        self.sessions = sessions
-        # Pseudonyms erased while running: the loaded engine still holds their build-time
-        # history in memory (the files are rewritten by ``forget_user``).
-        self._forgotten: set[str] = set()
-        # catalogue edits and erasures change shared state in several steps: one at a time
-        self._write_lock = threading.Lock()
-        self._pending: list[_Ticket] = []
-        self._pending_lock = threading.Lock()
-        self._flush_lock = threading.Lock()
-        # Posted events use shoplm's own field names, whatever the shop's file columns are.
-        self._event_config = engine.config.model_copy(
-            update={"events": EventsConfig(event_names=engine.config.events.event_names)}
-        )
-
-    @classmethod
-    def open(cls, engine_dir: Path, log_path: Path, session_items: int = 50) -> LiveEngine:
-        """Load the engine and replay the log: catalogue edits first, then recent items."""
-        engine = Engine.load(engine_dir)
-        log = EventLog(log_path)
-        catalog = LiveCatalog(engine.items)
-        catalog.apply(log.items())
-        sessions = SessionStore(session_items)
-        past = log.events(("user", "item", "event"))
-        sessions.add(
-            past["user"].to_numpy(dtype=object),
-            catalog.ids.get_indexer(past["item"].fillna("")),
-            past["event"].to_numpy(dtype=object),
-        )
-        return cls(engine, Path(engine_dir), log, catalog, sessions)
+    engine: Engine
+    catalog: LiveCatalog
+    sessions: SessionStore
+    validator: EventValidator
 
     @property
     def version(self) -> str:
         return self.engine.path.name
 
+
+@dataclass
+class _Ticket:
+    """One request's validated events, waiting for the next group commit."""
+
+    checked: CheckedEvents
+    served: _Served
+    notify: Callable[[], None]
+    stored: int = 0
+    error: Exception | None = None
+
+
+class LiveEngine:
+    """Queries and writes against one engine directory and its event log.
+
+    Writes of events go through one committer thread: each commit stores every request
+    queued since the previous one in a single transaction, so the fsync that makes them
+    durable is paid once per group instead of once per request.
+    """
+
+    def __init__(self, engine_dir: Path, log: EventLog, session_items: int = 50) -> None:
+        self.engine_dir = Path(engine_dir)
+        self.log = log
+        self.session_items = session_items
+        # Pseudonyms erased while running: a loaded engine still holds their build-time
+        # history in memory (the files are rewritten by ``forget_user``).
+        self._forgotten: set[str] = set()
+        # catalogue edits, erasures and reloads change shared state in several steps
+        self._write_lock = threading.Lock()
+        self._reload_lock = threading.Lock()
+        self._queue: list[_Ticket] = []
+        self._queue_ready = threading.Condition()
+        # held by the committer for a whole commit; a reload holds it while it replays
+        # the log, so no commit falls between the replay and the swap
+        self._commit_lock = threading.Lock()
+        self._closing = False
+        self._served: _Served | None = None
+        self._committer = threading.Thread(
+            target=self._run_commits, name="shoplm-event-commits", daemon=True
+        )
+
+    @classmethod
+    def open(
+        cls,
+        engine_dir: Path,
+        log_path: Path,
+        session_items: int = 50,
+        max_log_bytes: int | None = None,
+    ) -> LiveEngine:
+        """Load the engine and replay the log: catalogue edits first, then recent items."""
+        engine = Engine.load(engine_dir)
+        live = cls(engine_dir, EventLog(log_path, max_log_bytes), session_items)
+        live._served = live._serve(engine)
+        live._committer.start()
+        return live
+
+    def close(self) -> None:
+        """Commit what is queued, stop the committer and close the log."""
+        with self._queue_ready:
+            self._closing = True
+            self._queue_ready.notify()
+        if self._committer.is_alive():
+            self._committer.join()
+        self.log.close()
+
+    @property
+    def served(self) -> _Served:
+        assert self._served is not None, "LiveEngine.open makes the first snapshot"
+        return self._served
+
+    @property
+    def version(self) -> str:
+        return self.served.version
+
+    @property
+    def catalog(self) -> LiveCatalog:
+        return self.served.catalog
+
+    @property
+    def engine(self) -> Engine:
+        return self.served.engine
+
+    # ------------------------------------------------------------------ reload
+    def reload(self) -> str:
+        """Load the engine ``engine_dir`` points at now and swap it in; returns its version.
+
+        The new engine is loaded, checked file by file (:meth:`Engine.load`) and asked one
+        search and one recommendation before anything changes; if any step fails the error
+        propagates and the engine being served stays. The swap itself is one assignment
+        made while no write is in progress, so every request is answered wholly by the old
+        engine or wholly by the new one.
+        """
+        with self._reload_lock:
+            engine = Engine.load(self.engine_dir)
+            if engine.pseudonymiser.fingerprint != self.engine.pseudonymiser.fingerprint:
+                raise ValueError(
+                    f"{engine.path}: built with another pseudonymisation key than the engine "
+                    "being served, so the event log's users would not match its users"
+                )
+            engine.search_page("shoplm reload probe", k=1)
+            engine.feed.recommend(Sequences.from_lists([_NO_HISTORY]), 1)
+            with self._write_lock, self._commit_lock:
+                self._served = self._serve(engine)
+            return self.version
+
+    def _serve(self, engine: Engine) -> _Served:
+        """The live state on ``engine``: the log's catalogue edits, then its recent items."""
+        catalog = LiveCatalog(engine.items)
+        catalog.apply(self.log.items())
+        sessions = SessionStore(self.session_items)
+        past = self.log.events(("user", "item", "event"))
+        sessions.add(
+            past["user"].to_numpy(dtype=object),
+            catalog.ids.get_indexer(past["item"].fillna("")),
+            past["event"].to_numpy(dtype=object),
+        )
+        # posted events use shoplm's own field names, whatever the shop's file columns are
+        validator = EventValidator(engine.config.events.event_names, engine.pseudonymiser)
+        return _Served(engine, catalog, sessions, validator)
+
     # ------------------------------------------------------------------ reads
-    def search(
-        self, query: str, k: int, offset: int, filters: SearchFilters, user: str | None = None
-    ) -> Ranked:
+    def search(self, query: str, k: int, offset: int, filters: SearchFilters) -> Ranked:
         """One page of results, with the items added since the build merged in.
 
         An added item that holds every word of the query goes before the engine's results
         (the shop just added it, and the engine cannot score it yet); one that holds only
         some of the words goes after them.
-
-        With ``user`` the search is recorded in the log as a search event of that user, the
-        impressions that later search clicks are learned against.
         """
-        hidden = int(self.catalog.deleted[: self.catalog.n_base].sum())
-        page = self.engine.search_page(query, k=offset + k + hidden, offset=0, filters=filters)
-        live = ~self.catalog.deleted[page.ids]
-        fresh_ids, fresh_scores = self.catalog.search(query, offset + k, filters)
-        old = live & ~np.isin(page.ids, fresh_ids)
+        served = self.served
+        catalog = served.catalog
+        hidden = int(catalog.deleted[: catalog.n_base].sum())
+        page = served.engine.search_page(query, k=offset + k + hidden, offset=0, filters=filters)
+        live = ~catalog.deleted[page.ids]
+        fresh_ids, fresh_scores = catalog.search(query, offset + k, filters)
+        old = live & ~np.isin(page.ids, fresh_ids) if fresh_ids.size else live
         full = fresh_scores >= 1
         ids = np.concatenate([fresh_ids[full], page.ids[old], fresh_ids[~full]])
         scores = np.concatenate([fresh_scores[full], page.scores[old], fresh_scores[~full]])
         ids, scores = ids[offset : offset + k], scores[offset : offset + k]
-        if user is not None:
-            self.ingest([{"user_id": user, "event": "search", "query": query}])
         return Ranked(
-            ids=ids,
-            scores=scores.astype(float),
+            ids=catalog.id_array[ids].tolist(),
+            titles=catalog.titles[ids].tolist(),
+            scores=scores.astype(float).tolist(),
             total=page.total - int((~live).sum()) + fresh_ids.size,
             suggestion=page.parsed.suggestion,
             facets=page.facets,
@@ -145,169 +219,158 @@ class LiveEngine:
 
     def recommend(self, user: str, k: int) -> Ranked:
         """Top ``k`` for the user's build-time history plus everything they did since."""
-        key = self.engine.pseudonymiser.pseudonymise_one(user)
-        row = int(self.engine.history_users.get_indexer([key])[0])
-        built = (
-            self.engine.histories[row]
-            if row >= 0 and key not in self._forgotten
-            else np.zeros(0, dtype=np.int64)
-        )
-        recent = self.sessions.recent(key)
+        served = self.served
+        engine, catalog = served.engine, served.catalog
+        key = engine.pseudonymiser.pseudonymise_one(user)
+        built = _NO_HISTORY
+        if key in engine.history_users and key not in self._forgotten:
+            built = engine.histories[int(engine.history_users.get_loc(key))]
+        recent = served.sessions.recent(key)
         # items added since the build are unknown to the engine's recommender
-        recent = recent[recent < self.catalog.n_base]
+        recent = recent[recent < catalog.n_base]
         history = Sequences.from_lists([np.concatenate([built, recent])])
-        hidden = int(self.catalog.deleted[: self.catalog.n_base].sum())
-        ids, scores, reasons = self.engine.feed.recommend(history, k + hidden)
+        hidden = int(catalog.deleted[: catalog.n_base].sum())
+        ids, scores, reasons = engine.feed.recommend(history, k + hidden)
         ids, scores = ids[0], scores[0]
         listed = ids >= 0
         ids, scores = ids[listed], scores[listed]
-        keep = ~self.catalog.deleted[ids]
-        why = [r for r, kept in zip(reasons[0], keep, strict=True) if kept][:k]
-        return Ranked(ids[keep][:k], scores[keep][:k].astype(float), reasons=why)
-
-    def titles(self, ids: np.ndarray) -> list[str]:
-        return self.catalog.titles[ids].tolist()
-
-    def item_ids(self, ids: np.ndarray) -> list[str]:
-        return self.catalog.ids[ids].tolist()
+        keep = ~catalog.deleted[ids]
+        why = [r for r, kept in zip(reasons[0], keep, strict=False) if kept][:k]
+        ids, scores = ids[keep][:k], scores[keep][:k]
+        return Ranked(
+            ids=catalog.id_array[ids].tolist(),
+            titles=catalog.titles[ids].tolist(),
+            scores=scores.astype(float).tolist(),
+            reasons=why,
+        )
 
     # ------------------------------------------------------------------ writes
-    def ingest(self, records: list[dict[str, object]]) -> int:
-        """Validate events as an event file is validated and store them durably; all or none.
+    def check(self, records: Sequence[Mapping[str, object]]) -> tuple[CheckedEvents, _Served]:
+        """Validate events as an event file is validated; raises :class:`EventsRejected`.
 
-        Returns how many were new (an ``event_id`` already stored is stored once). Raises
-        :class:`EventsRejected` naming each bad row and field.
-
-        Concurrent calls are committed together (group commit): whichever caller gets the
-        flush lock validates and stores every request waiting by then, in one pass of the
-        file loader's validation and one transaction. Validation and the fsync cost about the
-        same for one event as for hundreds, so throughput grows with concurrency instead of
-        paying both per request. One consequence: an event that exactly repeats another
-        with a timestamp (same user, item, type, time and fields) in the same commit group
-        is rejected as a duplicate, as the file loader rejects it within a file. Events sent
-        without a timestamp are never duplicates (two identical clicks may both be real);
-        they are stamped with the time they are stored.
+        Events sent without a timestamp are never duplicates (two identical clicks may both
+        be real); they are stamped with the time they are stored. Timed events that repeat
+        each other exactly within one request are rejected, as within one file.
         """
-        ticket = _Ticket(records)
-        with self._pending_lock:
-            self._pending.append(ticket)
-        with self._flush_lock:
-            if not ticket.done:
-                with self._pending_lock:
-                    batch, self._pending = self._pending, []
-                self._commit(batch)
+        served = self.served
+        catalog = served.catalog
+        checked = served.validator.check(records, catalog.ids, catalog.deleted)
+        if checked.problems:
+            raise EventsRejected(checked.problems)
+        return checked, served
+
+    def ingest(self, records: Sequence[Mapping[str, object]]) -> int:
+        """Validate and store events durably, all or none; returns how many were new.
+
+        An ``event_id`` already stored is stored once. Raises :class:`EventsRejected`
+        naming each bad row and field, or :class:`~shoplm.realtime.event_log.LogWriteError`
+        when the log cannot be written.
+        """
+        checked, served = self.check(records)
+        done = threading.Event()
+        ticket = _Ticket(checked, served, done.set)
+        self._submit(ticket)
+        done.wait()
         if ticket.error is not None:
             raise ticket.error
         return ticket.stored
 
+    async def ingest_async(self, records: Sequence[Mapping[str, object]]) -> int:
+        """:meth:`ingest` for the event loop: waits for the commit without holding a thread."""
+        checked, served = self.check(records)
+        loop = asyncio.get_running_loop()
+        finished = loop.create_future()
+
+        def notify() -> None:
+            loop.call_soon_threadsafe(_settle, finished)
+
+        ticket = _Ticket(checked, served, notify)
+        self._submit(ticket)
+        await finished
+        if ticket.error is not None:
+            raise ticket.error
+        return ticket.stored
+
+    def _submit(self, ticket: _Ticket) -> None:
+        with self._queue_ready:
+            if self._closing:
+                raise RuntimeError("the event log is closed")
+            self._queue.append(ticket)
+            self._queue_ready.notify()
+
+    def _run_commits(self) -> None:
+        """The committer thread: store whatever is queued, one transaction at a time."""
+        while True:
+            with self._queue_ready:
+                while not self._queue and not self._closing:
+                    self._queue_ready.wait()
+                if not self._queue:
+                    return
+            with self._commit_lock:
+                with self._queue_ready:
+                    batch, self._queue = self._queue, []
+                self._commit(batch)
+            for ticket in batch:
+                ticket.notify()
+
     def _commit(self, batch: list[_Ticket]) -> None:
-        """Validate and store the requests of ``batch``; each ticket gets its own outcome."""
+        """Store every ticket's rows in one transaction, then update the sessions."""
+        now = time.time_ns()
+        # an event sent without a time happened when it is stored
+        rows = [
+            row if row[4] is not None else (*row[:4], now, *row[5:])
+            for ticket in batch
+            for row in ticket.checked.rows
+        ]
         try:
-            offsets = np.cumsum([0, *(len(t.records) for t in batch)])
-            table, problems = self._validate([r for t in batch for r in t.records])
-            owner = np.searchsorted(offsets, table["seq"].to_numpy(), side="right") - 1
-            rejected = np.zeros(len(batch), dtype=bool)
-            for i, ticket in enumerate(batch):
-                mine = [
-                    {**p, "row": p["row"] - int(offsets[i])}
-                    for p in problems
-                    if offsets[i] <= p["row"] < offsets[i + 1]
-                ]
-                if mine:
-                    ticket.error = EventsRejected(mine)
-                    rejected[i] = True
-            accepted = ~rejected[owner]
-            stored = self._store(table.filter(pa.array(accepted)))
-            counts = np.bincount(owner[accepted][stored], minlength=len(batch))
-            for ticket, count in zip(batch, counts.tolist(), strict=True):
-                ticket.stored = count
+            new = self.log.append_rows(rows)
         except Exception as exc:
             for ticket in batch:
                 ticket.error = exc
-            raise
-        finally:
-            for ticket in batch:
-                ticket.done = True
-
-    def _validate(self, records: list[dict[str, object]]) -> tuple[pa.Table, list[dict]]:
-        """The file loader's checks over the records: the kept rows and every problem."""
-        frame = pd.DataFrame.from_records(records, columns=[*EVENT_FIELDS, "event_id"])
-        frame = frame.astype(object).where(frame.notna(), None)
-        event_ids = frame.pop("event_id").to_numpy()
-        report = ValidationReport(examples_per_reason=len(frame))
-        table = normalise_events(
-            Path("request"),
-            frame.astype("string").astype(object),
-            np.arange(len(frame)),
-            self._event_config,
-            self.catalog.ids,
-            self.engine.pseudonymiser,
-            report,
-            DuplicateFinder(),
-            seq_start=0,
+            return
+        served = self.served
+        start = 0
+        for ticket in batch:
+            end = start + len(ticket.checked.rows)
+            ticket.stored = int(new[start:end].sum())
+            start = end
+        stored_rows = [row for row, is_new in zip(rows, new, strict=True) if is_new]
+        items = np.array([i for t in batch for i in t.checked.items], dtype=np.int64)[new]
+        if any(ticket.served is not served for ticket in batch):
+            # a reload swapped engines since validation: internal item ids changed
+            items = served.catalog.ids.get_indexer([row[2] or "" for row in stored_rows])
+        served.sessions.add(
+            np.array([row[1] for row in stored_rows], dtype=object),
+            items,
+            np.array([row[3] for row in stored_rows], dtype=object),
         )
-        problems = [
-            {"row": row, "field": field, "message": reason, "input": value}
-            for (_, field, severity, reason), examples in report.examples.items()
-            if severity == "error"
-            for row, value in examples
-        ]
-        items = table["item"].to_numpy().astype(np.int64)
-        withdrawn = (items >= 0) & self.catalog.deleted[np.maximum(items, 0)]
-        problems += [
-            {"row": int(r), "field": "item_id", "message": "item was deleted", "input": ""}
-            for r in table["seq"].to_numpy()[withdrawn]
-        ]
-        table = table.append_column("event_id", pa.array(event_ids[table["seq"].to_numpy()]))
-        return table, sorted(problems, key=lambda p: (p["row"], p["field"]))
-
-    def _store(self, table: pa.Table) -> np.ndarray:
-        """Append validated events to the log and the session state; the mask of new rows."""
-        items = table["item"].to_numpy().astype(np.int64)
-        users = table["user"].to_numpy(zero_copy_only=False).astype(object)
-        events = _EVENT_NAMES[table["event"].to_numpy()]
-        stored = self.log.append(
-            pd.DataFrame(
-                {
-                    "event_id": table["event_id"].to_numpy(zero_copy_only=False),
-                    "user": users,
-                    "item": np.where(
-                        items >= 0, self.catalog.ids.to_numpy(dtype=object)[items], None
-                    ),
-                    "event": events,
-                    # an event sent without a time happened when it arrived
-                    "timestamp": pc.fill_null(
-                        table["timestamp"].cast("int64"), time.time_ns()
-                    ).to_numpy(),
-                    "query": table["query"].to_pandas().replace("", None),
-                    "value": table["value"].to_numpy(zero_copy_only=False),
-                    "session": table["session"].to_pandas().replace("", None),
-                }
-            )
-        )
-        self.sessions.add(users[stored], items[stored], events[stored])
-        return stored
 
     def put_item(self, item_id: str, fields: dict[str, object]) -> bool:
         """Add or change an item, durably; returns whether it is new."""
         with self._write_lock:
             self.log.put_item(item_id, fields)
-            return self.catalog.put(item_id, fields)
+            return self.served.catalog.put(item_id, fields)
 
     def delete_item(self, item_id: str) -> bool:
         """Withdraw an item, durably; False when it is unknown or already withdrawn."""
         with self._write_lock:
-            row = self.catalog.ids.get_indexer([item_id])[0]
-            if row < 0 or self.catalog.deleted[row]:
+            catalog = self.served.catalog
+            if item_id not in catalog.ids or catalog.deleted[catalog.ids.get_loc(item_id)]:
                 return False
             self.log.put_item(item_id, {}, deleted=True)
-            return self.catalog.delete(item_id)
+            return catalog.delete(item_id)
 
     def forget_user(self, user_id: str) -> int:
         """Erase a user from the live log, the session state and every engine version."""
-        key = self.engine.pseudonymiser.pseudonymise_one(user_id)
+        served = self.served
+        key = served.engine.pseudonymiser.pseudonymise_one(user_id)
         with self._write_lock:
             self._forgotten.add(key)
             removed = self.log.forget(key)
-            self.sessions.forget(key)
-            return removed + forget_user(self.engine_dir, user_id, self.engine.config)
+            served.sessions.forget(key)
+            return removed + forget_user(self.engine_dir, user_id, served.engine.config)
+
+
+def _settle(future: asyncio.Future[None]) -> None:
+    if not future.done():  # the client may have gone away and the request been cancelled
+        future.set_result(None)

@@ -66,9 +66,14 @@ class Metrics:
             buckets=_LATENCY_BUCKETS,
             registry=self.registry,
         )
-        Info("shoplm_engine", "the engine version being served", registry=self.registry).info(
-            {"engine_version": engine_version, "shoplm_version": __version__}
+        self.engine = Info(
+            "shoplm_engine", "the engine version being served", registry=self.registry
         )
+        self.serving(engine_version)
+
+    def serving(self, engine_version: str) -> None:
+        """Record the engine version now served (at start and after each reload)."""
+        self.engine.info({"engine_version": engine_version, "shoplm_version": __version__})
 
 
 class RequestObserver:

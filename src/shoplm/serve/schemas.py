@@ -99,3 +99,8 @@ class Health(BaseModel):
     engine_version: str
     shoplm_version: str
     items: int
+
+
+class Reloaded(BaseModel):
+    engine_version: str = Field(description="the engine version served from now on")
+    previous_version: str

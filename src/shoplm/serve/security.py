@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from fastapi import HTTPException, Security, status
 from fastapi.security import APIKeyHeader
@@ -14,16 +14,17 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 _KEY_HEADER = APIKeyHeader(name="X-API-Key", auto_error=False, description="an API key")
 
 
-def api_key_guard(digests: list[bytes]) -> Callable[[str | None], None]:
+def api_key_guard(digests: list[bytes]) -> Callable[[str | None], Awaitable[None]]:
     """A FastAPI dependency that admits a request carrying one of the keys behind ``digests``.
 
     The presented key is hashed and compared with every stored digest in constant time, and
     the loop never stops early, so response timing says nothing about which key was close.
     With no key configured every request is refused: a service started without keys is
-    read-only rather than open to writes.
+    read-only rather than open to writes. The check is ``async`` (it never blocks) so that
+    FastAPI runs it on the event loop instead of sending each request through a thread.
     """
 
-    def check(key: str | None = Security(_KEY_HEADER)) -> None:
+    async def check(key: str | None = Security(_KEY_HEADER)) -> None:
         if not key:
             raise HTTPException(
                 status.HTTP_401_UNAUTHORIZED,

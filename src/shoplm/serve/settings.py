@@ -26,6 +26,9 @@ class ServeSettings(BaseModel):
     api_key_hashes: list[str] = Field(default_factory=list)
     #: environment variable with further keys in clear, comma-separated; hashed at start
     api_keys_env: str = "SHOPLM_API_KEYS"
+    #: digests of the keys for admin routes (engine reload); write keys do not open them
+    admin_key_hashes: list[str] = Field(default_factory=list)
+    admin_keys_env: str = "SHOPLM_ADMIN_KEYS"
     #: require a key on read routes (search, recommendations) too
     protect_reads: bool = False
     #: larger request bodies are refused with 413 before they are read
@@ -35,17 +38,26 @@ class ServeSettings(BaseModel):
     cors_origins: list[str] = Field(default_factory=list)
     #: recent items kept per user for real-time recommendations
     session_items: int = Field(default=50, ge=1)
+    #: cap on the event log's size; at the cap writes fail as on a full disk (507)
+    max_log_bytes: int | None = Field(default=None, ge=65_536)
 
-    @field_validator("api_key_hashes")
+    @field_validator("api_key_hashes", "admin_key_hashes")
     @classmethod
     def _hex_digests(cls, value: list[str]) -> list[str]:
         for digest in value:
             if len(digest) != _SHA256_HEX or not all(c in "0123456789abcdef" for c in digest):
-                raise ValueError("api_key_hashes: each entry must be a lowercase SHA-256 hex")
+                raise ValueError("each key hash must be a lowercase SHA-256 hex digest")
         return value
 
     def key_digests(self) -> list[bytes]:
         """Digests of every accepted key: the configured hashes and the keys in the env."""
-        from_env = [k.strip() for k in os.environ.get(self.api_keys_env, "").split(",")]
-        digests = self.api_key_hashes + [hash_api_key(k) for k in from_env if k]
-        return [bytes.fromhex(d) for d in digests]
+        return _digests(self.api_key_hashes, self.api_keys_env)
+
+    def admin_key_digests(self) -> list[bytes]:
+        """Digests of the admin keys; with none configured every admin request is refused."""
+        return _digests(self.admin_key_hashes, self.admin_keys_env)
+
+
+def _digests(hashes: list[str], env: str) -> list[bytes]:
+    from_env = [k.strip() for k in os.environ.get(env, "").split(",")]
+    return [bytes.fromhex(d) for d in hashes + [hash_api_key(k) for k in from_env if k]]
