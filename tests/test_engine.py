@@ -262,3 +262,15 @@ def test_unavailable_items_are_never_searched_or_recommended(tmp_path, write):
 
 
 _FLAG_REASON = "not true/false, yes/no or 1/0; item kept as available"
+
+
+def test_a_changed_model_file_is_refused_at_load(tmp_path, shop):
+    _build(shop, tmp_path / "engine")
+    version = store.resolve(tmp_path / "engine")
+    manifest = json.loads((version / "manifest.json").read_text())
+    assert "items.parquet" in manifest["files"] and "events.parquet" not in manifest["files"]
+    pops = version / "recommend" / "popularity"
+    target = next(p for p in sorted(pops.iterdir()) if p.is_file())
+    target.write_bytes(target.read_bytes() + b"\0")
+    with pytest.raises(store.EngineNotFoundError, match="SHA-256 differs"):
+        Engine.load(tmp_path / "engine")

@@ -228,6 +228,7 @@ class Engine:
                 },
                 "validation": {"errors": report.n_errors, "warnings": report.n_warnings},
                 "pseudonym_key_fingerprint": pseudonymiser.fingerprint,
+                "files": _model_digests(staging),
                 "components": {
                     "search": _search_stages(search),
                     "recommend": ["cooccurrence", "popularity"]
@@ -318,11 +319,7 @@ class Engine:
             listed = version / name
             if not listed.is_file():
                 raise store.EngineNotFoundError(f"{listed}: missing (listed in {manifest_path})")
-            digest = hashlib.sha256()
-            with open(listed, "rb") as handle:
-                for block in iter(lambda: handle.read(1 << 20), b""):
-                    digest.update(block)
-            if digest.hexdigest() != expected:
+            if _sha256(listed) != expected:
                 raise store.EngineNotFoundError(
                     f"{listed}: SHA-256 differs from {manifest_path} (changed or corrupt)"
                 )
@@ -584,9 +581,27 @@ def _write_histories(version: Path, interactions: Interactions, users: np.ndarra
     os.replace(folder / f".users-{os.getpid()}.parquet", folder / "users.parquet")
 
 
-def _describe_input(path: Path) -> dict:
+#: rewritten in place by ``forget_user`` (an erasure), so not pinned by a digest
+_MUTABLE_PARTS = ("events.parquet", "histories", "validation")
+
+
+def _model_digests(version: Path) -> dict[str, str]:
+    """SHA-256 of every model file, so a damaged or swapped file is refused at load."""
+    digests = {}
+    for path in sorted(version.rglob("*")):
+        relative = path.relative_to(version)
+        if path.is_file() and relative.parts[0] not in _MUTABLE_PARTS:
+            digests[relative.as_posix()] = _sha256(path)
+    return digests
+
+
+def _sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
-    return {"path": str(path.resolve()), "bytes": path.stat().st_size, "sha256": digest.hexdigest()}
+    return digest.hexdigest()
+
+
+def _describe_input(path: Path) -> dict:
+    return {"path": str(path.resolve()), "bytes": path.stat().st_size, "sha256": _sha256(path)}
