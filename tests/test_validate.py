@@ -214,3 +214,14 @@ def test_validate_command_exit_codes(tmp_path, write):
     missing = runner.invoke(app, ["validate", "--catalog", str(tmp_path / "nope.csv")])
     assert missing.exit_code == 2
     assert "no such file" in missing.output
+
+
+def test_dates_beyond_what_nanoseconds_hold_are_rejected_not_a_crash(tmp_path, write):
+    catalog = write("catalog.csv", "item_id,title\nA1,Lamp\n")
+    events = write(
+        "events.csv",
+        "user_id,item_id,event,timestamp\nu1,A1,view,2999-01-01\nu2,A1,view,2024-02-03\n"
+        "u3,A1,view,1066-10-14\n",
+    )
+    _, report = _load(tmp_path, catalog, events)
+    assert _problems(report)[("timestamp", "unreadable or out-of-range timestamp")] == [2, 4]

@@ -14,6 +14,8 @@ import numpy as np
 import pandas as pd
 
 _EARLIEST = pd.Timestamp("1971-01-01", tz="UTC")
+#: far past any real event, well inside what nanosecond timestamps hold (up to 2262)
+_LATEST = pd.Timestamp("2200-01-01", tz="UTC")
 _CURRENCY = re.compile(r"[\s$€£¥₹]|[A-Za-z]{3}$|^[A-Za-z]{3}|元")
 _THOUSANDS = re.compile(r",(?=\d{3}(?:\D|$))")
 
@@ -84,7 +86,7 @@ def parse_timestamps(values: pd.Series, now: pd.Timestamp | None = None) -> Pars
         stamps = pd.Series(pd.NaT, index=values.index, dtype="datetime64[ns, UTC]")
         todo = ~missing
         text = values[todo].astype(str).str.strip()
-        stamps[todo] = pd.to_datetime(text, utc=True, errors="coerce", format="ISO8601")
+        stamps[todo] = _in_range(pd.to_datetime(text, utc=True, errors="coerce", format="ISO8601"))
         todo &= stamps.isna().to_numpy()
         if todo.any():
             numbers = parse_numbers(values[todo]).values
@@ -93,8 +95,10 @@ def parse_timestamps(values: pd.Series, now: pd.Timestamp | None = None) -> Pars
             stamps.iloc[rows] = _from_epoch(numbers[is_number])
             todo[rows] = False
         if todo.any():
-            stamps[todo] = pd.to_datetime(
-                values[todo].astype(str).str.strip(), utc=True, errors="coerce", format="mixed"
+            stamps[todo] = _in_range(
+                pd.to_datetime(
+                    values[todo].astype(str).str.strip(), utc=True, errors="coerce", format="mixed"
+                )
             )
     stamps = stamps.astype("datetime64[ns, UTC]")
     out_of_range = ((stamps < _EARLIEST) | (stamps > now + pd.Timedelta(days=1))).to_numpy(
@@ -104,6 +108,13 @@ def parse_timestamps(values: pd.Series, now: pd.Timestamp | None = None) -> Pars
     ns = stamps.to_numpy(dtype="datetime64[ns]").view(np.int64).copy()
     ns[bad | missing] = np.iinfo(np.int64).min
     return Parsed(ns, missing, bad)
+
+
+def _in_range(stamps: pd.Series) -> pd.Series:
+    """Nanosecond stamps; a date outside 1971-2200 (pandas may parse year 2999 at a coarser
+    unit) becomes NaT, which the caller reports as unreadable or out of range."""
+    inside = ((stamps >= _EARLIEST) & (stamps <= _LATEST)).fillna(False)
+    return stamps.where(inside).astype("datetime64[ns, UTC]")
 
 
 def _from_epoch(numbers: np.ndarray) -> pd.DatetimeIndex:
