@@ -22,6 +22,7 @@ from shoplm.data.readers import InputError
 from shoplm.data.report import SEVERITY_MEANING, ValidationReport
 from shoplm.engine import BuildError, Engine, Recommendation, forget_user
 from shoplm.eval.command import app as eval_app
+from shoplm.experiment.command import ab
 from shoplm.serve.command import serve
 from shoplm.store import EngineNotFoundError
 
@@ -222,6 +223,7 @@ def demo(
 
 app.command()(serve)
 app.add_typer(eval_app, name="eval")
+app.add_typer(ab, name="ab")
 
 
 def _load(engine: Path) -> Engine:

@@ -12,6 +12,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from shoplm.data.schema import EVENT_FIELDS, ITEM_FIELDS, EventType
+from shoplm.experiment.config import ExperimentConfig
 
 
 class _Section(BaseModel):
@@ -91,6 +92,17 @@ class ShoplmConfig(_Section):
     load: LoadConfig = Field(default_factory=LoadConfig)
     search: SearchConfig = Field(default_factory=SearchConfig)
     recommend: RecommendConfig = Field(default_factory=RecommendConfig)
+    #: A/B tests, ``[[experiments]]`` in TOML (see docs/experiments.md)
+    experiments: list[ExperimentConfig] = Field(default_factory=list)
+
+    @field_validator("experiments")
+    @classmethod
+    def _unique_experiments(cls, value: list[ExperimentConfig]) -> list[ExperimentConfig]:
+        names = [experiment.name for experiment in value]
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        if repeated:
+            raise ValueError(f"experiments: names must be unique, repeated: {repeated}")
+        return value
 
 
 class ConfigError(ValueError):
