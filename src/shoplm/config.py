@@ -73,10 +73,12 @@ class RecommendConfig(_Section):
     #: choose the co-occurrence window, damping and recency decay on each user's last item
     #: (held out, full ranking) at build time; off: the library defaults
     tune: bool = True
-    #: wall-clock budget of that search; the best point found so far is kept
-    tune_seconds: float = Field(default=180.0, gt=0)
+    #: a safety cap on the wall time of each search (the best point found so far is kept);
+    #: the sample below, not this cap, is what keeps a build's cost in check, so that the
+    #: same inputs give the same engine on a busy machine as on an idle one
+    tune_seconds: float = Field(default=900.0, gt=0)
     #: validation users sampled for the search (seeded): bounds its cost on a large log
-    tune_users: int = Field(default=20_000, ge=50)
+    tune_users: int = Field(default=5_000, ge=50)
     #: blend implicit ALS into the feed when held-out items say it helps (its share is
     #: chosen from 0, 0.25, 0.5, 1 at build time; 0 leaves it out of the engine)
     collaborative: bool = True

@@ -56,7 +56,7 @@ class ValidationSplit:
 
 
 def last_item_split(
-    interactions: Interactions, max_users: int | None = 20_000, seed: int = 0
+    interactions: Interactions, max_users: int | None = 5_000, seed: int = 0
 ) -> ValidationSplit | None:
     """Hold out the last item of (a seeded sample of) users with at least 2 items.
 
