@@ -20,6 +20,7 @@ from shoplm.data.events import load_events
 from shoplm.data.privacy import PrivacyError, Pseudonymiser
 from shoplm.data.readers import InputError
 from shoplm.data.report import SEVERITY_MEANING, ValidationReport
+from shoplm.deploy.command import deploy, rollback
 from shoplm.engine import BuildError, Engine, Recommendation, forget_user
 from shoplm.eval.command import app as eval_app
 from shoplm.experiment.command import ab
@@ -224,6 +225,8 @@ def demo(
 app.command()(serve)
 app.add_typer(eval_app, name="eval")
 app.add_typer(ab, name="ab")
+app.command()(deploy)
+app.command()(rollback)
 
 
 def _load(engine: Path) -> Engine:

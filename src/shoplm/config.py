@@ -12,6 +12,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from shoplm.data.schema import EVENT_FIELDS, ITEM_FIELDS, EventType
+from shoplm.deploy.config import DeployConfig
 from shoplm.experiment.config import ExperimentConfig
 
 
@@ -94,6 +95,8 @@ class ShoplmConfig(_Section):
     load: LoadConfig = Field(default_factory=LoadConfig)
     search: SearchConfig = Field(default_factory=SearchConfig)
     recommend: RecommendConfig = Field(default_factory=RecommendConfig)
+    #: ``shoplm deploy`` gates and service address (kept out of manifests; docs/deploy.md)
+    deploy: DeployConfig = Field(default_factory=DeployConfig, exclude=True)
     #: A/B tests, ``[[experiments]]`` in TOML (see docs/experiments.md)
     experiments: list[ExperimentConfig] = Field(default_factory=list)
 

@@ -149,8 +149,10 @@ class Engine:
         config: ShoplmConfig | None = None,
         progress: bool = False,
         search_labels: Path | None = None,
+        promote: bool = True,
     ) -> BuildResult:
-        """Validate the inputs and write a new engine version under ``out``; make it current."""
+        """Validate the inputs and write a new engine version under ``out``; make it current
+        unless ``promote`` is False (the deploy pipeline gates a candidate first)."""
         config = config or ShoplmConfig()
         pseudonymiser = Pseudonymiser.from_config(config.privacy, create=True)
         started = datetime.now(UTC)
@@ -243,7 +245,8 @@ class Engine:
             store.discard_version(staging)
             raise
         version = store.commit_version(Path(out), staging)
-        store.promote(Path(out), version)
+        if promote:
+            store.promote(Path(out), version)
         report.issues_path = version / "validation" / "issues.csv"
         return BuildResult(version, report, manifest)
 
