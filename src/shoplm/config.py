@@ -80,6 +80,8 @@ class RecommendConfig(_Section):
     tune_seconds: float = Field(default=900.0, gt=0)
     #: validation users sampled for the search (seeded): bounds its cost on a large log
     tune_users: int = Field(default=5_000, ge=50)
+    #: seed of that sample and of ALS's initial factors: a build is reproducible
+    seed: int = 0
     #: blend implicit ALS into the feed when held-out items say it helps (its share is
     #: chosen from 0, 0.25, 0.5, 1 at build time; 0 leaves it out of the engine)
     collaborative: bool = True

@@ -195,7 +195,9 @@ class Engine:
             search.save(staging / "search")
             PopularityRecommender().fit(interactions).save(staging / "recommend" / "popularity")
             split = (
-                last_item_split(interactions, config.recommend.tune_users, seed=0)
+                last_item_split(
+                    interactions, config.recommend.tune_users, seed=config.recommend.seed
+                )
                 if config.recommend.tune
                 else None
             )
@@ -207,7 +209,8 @@ class Engine:
                 split, cooccurrence_params, config
             )
             if feed_weight > 0:
-                _collaborative_model().fit(interactions).save(staging / "recommend" / "als")
+                als = _collaborative_model(config.recommend.seed).fit(interactions)
+                als.save(staging / "recommend" / "als")
 
             manifest = {
                 "format_version": FORMAT_VERSION,
@@ -494,8 +497,8 @@ def _tune_cooccurrence(
     return result.params, {"cooccurrence": _tuning_record(result)}
 
 
-def _collaborative_model() -> ALSRecommender:
-    return ALSRecommender(factors=128, regularization=10.0, alpha=50.0, random_state=0)
+def _collaborative_model(seed: int) -> ALSRecommender:
+    return ALSRecommender(factors=128, regularization=10.0, alpha=50.0, random_state=seed)
 
 
 def _tune_collaborative(
@@ -508,7 +511,7 @@ def _tune_collaborative(
     result = tune_collaborative_weight(
         split,
         CooccurrenceRecommender(**cooccurrence_params),  # type: ignore[arg-type]
-        _collaborative_model(),
+        _collaborative_model(config.recommend.seed),
         max_seconds=config.recommend.tune_seconds,
     )
     return float(result.params["collaborative_weight"]), _tuning_record(result)

@@ -57,6 +57,7 @@ def recommend(
     workdir: Annotated[
         Path | None, typer.Option(help="where the input files and engines are built")
     ] = None,
+    seeds: Annotated[str, typer.Option(help="comma-separated build seeds")] = "0",
 ) -> None:
     """Leave-one-out next-item evaluation of the default build on the public datasets."""
     from shoplm.eval.recommend import DATASETS, evaluate_build, load_dataset
@@ -67,16 +68,28 @@ def recommend(
         console.print(f"[red]error:[/red] --dataset: choose from {', '.join(DATASETS)} or all")
         raise typer.Exit(2)
     root = workdir or Path(tempfile.mkdtemp(prefix="shoplm-eval-"))
-    rows = [evaluate_build(load_dataset(name), root / name) for name in names]
+    try:
+        seed_list = [int(s) for s in seeds.split(",")]
+    except ValueError:
+        console.print(f"[red]error:[/red] --seeds: expected integers like 0,1,2, got {seeds!r}")
+        raise typer.Exit(2) from None
+    rows = [
+        evaluate_build(load_dataset(name), root / f"{name}-seed{seed}", seed=seed)
+        for name in names
+        for seed in seed_list
+    ]
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(rows, indent=1))
     table = Table(title="default build, leave-one-out, full ranking")
     columns = ["recall@5", "recall@10", "recall@20", "ndcg@5", "ndcg@10", "ndcg@20"]
-    for column in ["dataset", *columns, "build_seconds"]:
+    for column in ["dataset", "seed", *columns, "build_seconds"]:
         table.add_column(column)
     for row in rows:
         table.add_row(
-            row["dataset"], *(f"{row[c]:.4f}" for c in columns), str(row["build_seconds"])
+            row["dataset"],
+            str(row["seed"]),
+            *(f"{row[c]:.4f}" for c in columns),
+            str(row["build_seconds"]),
         )
     console.print(table)
     console.print(f"written to {out}")

@@ -100,11 +100,14 @@ def evaluate_build(
     ks: tuple[int, ...] = (5, 10, 20),
     config: ShoplmConfig | None = None,
     batch_size: int = 4096,
+    seed: int = 0,
 ) -> dict[str, object]:
     """Build an engine on ``data`` minus each user's last item and score its answers."""
     shop = write_held_out_shop(data, workdir / "input")
     # search is not scored here; dense item vectors would only cost build time
-    config = config or ShoplmConfig.model_validate({"search": {"dense": False}})
+    config = config or ShoplmConfig.model_validate(
+        {"search": {"dense": False}, "recommend": {"seed": seed}}
+    )
     start = time.perf_counter()
     Engine.build(shop.catalog, workdir / "engine", shop.events, config)
     build_seconds = time.perf_counter() - start
@@ -116,6 +119,7 @@ def evaluate_build(
         recommended += [rec.items for rec in engine.recommend(batch, max(ks))]
     return {
         "dataset": data.name,
+        "seed": config.recommend.seed,
         "protocol": "leave-one-out, full ranking, history excluded, default build",
         "n_items": data.n_items,
         "components": engine.manifest["components"]["recommend"],
