@@ -278,7 +278,7 @@ import uvicorn
 from shoplm.serve.app import create_app
 from shoplm.serve.settings import ServeSettings
 
-settings = ServeSettings()
+settings = ServeSettings(alert_rules=['p99_ms{route="/search"} > 5000 for 5m'])
 app = create_app(Path(sys.argv[1]), Path(sys.argv[2]), settings)
 uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[3]), access_log=False, log_level="warning")
 """
@@ -425,6 +425,11 @@ def _drive(sync_api, browser, base: str, engine_root: Path, shots: Path) -> None
     expect(rows.first.locator(".tag")).to_have_text(["current", "serving"])
     expect(page.locator("#live-body")).to_contain_text("/search")
     expect(page.locator("#experiment-body")).to_contain_text("No experiment running")
+    # monitoring: the alert rule with its state, and the latency chart over time
+    expect(page.locator("#alerts-body tbody tr")).to_contain_text(["p99_ms"])
+    expect(
+        page.locator("#charts-body figure svg polyline, #charts-body figure svg circle").first
+    ).to_be_visible()
     _shot(page, shots / "06-dashboard.png")
 
     # an A/B report appears with its verdict and one interval plot per metric

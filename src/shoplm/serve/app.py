@@ -13,11 +13,13 @@ as the OpenAPI schema, which the tests check the answers against.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from pathlib import Path
 from typing import Annotated, Any
 
+import numpy as np
 import orjson
 from fastapi import Body, Depends, FastAPI, HTTPException, Query, Request
 from fastapi import Path as PathParam
@@ -27,12 +29,16 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.responses import JSONResponse, Response
 
 from shoplm import __version__
+from shoplm.config import load_config
 from shoplm.realtime.event_log import LogWriteError
 from shoplm.search.pipeline import SearchFilters
-from shoplm.serve.console import console_router
+from shoplm.serve.console import _finite, console_router
+from shoplm.serve.experiments import EXPERIMENT_LOG_FILE, Assignment, LiveExperiments
 from shoplm.serve.live import EventsRejected, LiveEngine
+from shoplm.serve.monitoring import METRICS, Monitor, load_rules, parse_duration, parse_selector
 from shoplm.serve.observability import LOGGER, Metrics, RequestObserver
 from shoplm.serve.schemas import (
+    AlertsOut,
     EventsAccepted,
     EventsIn,
     Health,
@@ -41,6 +47,7 @@ from shoplm.serve.schemas import (
     RecommendationsOut,
     Reloaded,
     SearchOut,
+    SeriesOut,
     UserForgotten,
 )
 from shoplm.serve.security import BodySizeLimit, api_key_guard
@@ -48,6 +55,9 @@ from shoplm.serve.settings import ServeSettings
 
 #: the event log's file inside the data folder
 LOG_FILE = "events.sqlite3"
+#: the monitor's history inside the data folder
+MONITOR_FILE = "monitoring.db"
+_METRIC_HELP = 'a metric and labels, e.g. p99_ms{route="/search"}; one of ' + ", ".join(METRICS)
 
 ItemId = Annotated[str, PathParam(min_length=1, max_length=256)]
 UserId = Annotated[str, PathParam(min_length=1, max_length=256)]
@@ -65,20 +75,52 @@ class FastJSON(Response):
 def create_app(engine_dir: Path, data_dir: Path, settings: ServeSettings | None = None) -> FastAPI:
     """The service for the engine at ``engine_dir``, keeping its event log in ``data_dir``."""
     settings = settings or ServeSettings()
+    data_dir = Path(data_dir)
+    rules = load_rules(settings.alert_rules, settings.alerts_file)
     live = LiveEngine.open(
         Path(engine_dir),
-        Path(data_dir) / LOG_FILE,
+        data_dir / LOG_FILE,
         settings.session_items,
         settings.max_log_bytes,
     )
+    try:
+        experiments = _experiments(live, data_dir, settings)
+    except Exception:
+        live.close()
+        raise
+    monitor = Monitor(
+        data_dir / MONITOR_FILE,
+        rules,
+        bucket_seconds=settings.monitor_bucket_seconds,
+        retention_seconds=settings.monitor_retention_seconds,
+        gauges=lambda: _gauges(live, monitor),
+    ).open()
+    experiments.observers.append(monitor.record_variant)
+    live.listeners.append(lambda rows: monitor.record_events(len(rows)))
     metrics = Metrics(live.version)
+    metrics.registry.register(monitor)
     writer = [Depends(api_key_guard(settings.key_digests()))]
     admin = [Depends(api_key_guard(settings.admin_key_digests()))]
     reader = writer if settings.protect_reads else []
 
+    async def ticking() -> None:
+        """Seal, store and evaluate once per bucket; one tick at a time, off the loop."""
+        while True:
+            await asyncio.sleep(monitor.bucket_seconds)
+            try:
+                await asyncio.to_thread(monitor.tick)
+            except Exception:
+                LOGGER.exception("monitor tick failed")
+
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        task = asyncio.create_task(ticking())
         yield
+        task.cancel()
+        with suppress(asyncio.CancelledError):
+            await task
+        monitor.close()
+        experiments.close()
         live.close()
 
     app = FastAPI(
@@ -88,8 +130,10 @@ def create_app(engine_dir: Path, data_dir: Path, settings: ServeSettings | None 
         lifespan=lifespan,
     )
     app.state.live = live
+    app.state.experiments = experiments
+    app.state.monitor = monitor
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
-    app.add_middleware(RequestObserver, metrics=metrics)
+    app.add_middleware(RequestObserver, metrics=metrics, record=monitor.record_request)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,
@@ -144,7 +188,8 @@ def create_app(engine_dir: Path, data_dir: Path, settings: ServeSettings | None 
         if price_min is not None and price_max is not None and price_min > price_max:
             raise HTTPException(422, "price_min: greater than price_max")
         filters = SearchFilters(category, brand, price_min, price_max)
-        found = live.search(q, k, (page - 1) * k, filters)
+        key, assignment = _assigned(user)
+        found = live.search(q, k, (page - 1) * k, filters, assignment and assignment.arm)
         if user is not None:
             try:
                 await live.ingest_async([{"user_id": user, "event": "search", "query": q}])
@@ -152,20 +197,23 @@ def create_app(engine_dir: Path, data_dir: Path, settings: ServeSettings | None 
                 raise HTTPException(
                     422, [{**p, "message": f"query.user: {p['message']}"} for p in exc.problems]
                 ) from None
-        return FastJSON(
-            {
-                "query": q,
-                "items": [
-                    {"id": i, "title": t, "score": s}
-                    for i, t, s in zip(found.ids, found.titles, found.scores, strict=True)
-                ],
-                "total": found.total,
-                "page": page,
-                "facets": found.facets or {},
-                "suggestion": found.suggestion,
-                "applied": found.applied or {},
-            }
-        )
+        if key is not None and assignment is not None:  # served: the answer goes out
+            experiments.expose(key, assignment, "search", found.ids)
+        answer = {
+            "query": q,
+            "items": [
+                {"id": i, "title": t, "score": s}
+                for i, t, s in zip(found.ids, found.titles, found.scores, strict=True)
+            ],
+            "total": found.total,
+            "page": page,
+            "facets": found.facets or {},
+            "suggestion": found.suggestion,
+            "applied": found.applied or {},
+        }
+        if assignment is not None:
+            answer.update(assignment.fields())
+        return FastJSON(answer)
 
     @app.get(
         "/users/{user_id}/recommendations",
@@ -176,17 +224,20 @@ def create_app(engine_dir: Path, data_dir: Path, settings: ServeSettings | None 
     async def recommendations(
         user_id: UserId, k: Annotated[int, Query(ge=1, le=100)] = 10
     ) -> Response:
-        found = live.recommend(user_id, k)
-        return FastJSON(
-            {
-                "items": [
-                    {"id": i, "title": t, "score": s, "reason": r}
-                    for i, t, s, r in zip(
-                        found.ids, found.titles, found.scores, found.reasons or [], strict=True
-                    )
-                ]
-            }
-        )
+        key, assignment = _assigned(user_id)
+        found = live.recommend(user_id, k, assignment and assignment.arm, key)
+        answer: dict[str, object] = {
+            "items": [
+                {"id": i, "title": t, "score": s, "reason": r}
+                for i, t, s, r in zip(
+                    found.ids, found.titles, found.scores, found.reasons or [], strict=True
+                )
+            ]
+        }
+        if key is not None and assignment is not None:
+            experiments.expose(key, assignment, "home", found.ids)
+            answer.update(assignment.fields())
+        return FastJSON(answer)
 
     @app.post("/events", response_model=EventsAccepted, dependencies=writer, tags=["write"])
     async def post_events(events: Annotated[EventsIn, Body()]) -> Response:
@@ -225,11 +276,17 @@ def create_app(engine_dir: Path, data_dir: Path, settings: ServeSettings | None 
         return ItemChanged(id=item_id, deleted=True)
 
     @app.delete(
-        "/users/{user_id}", response_model=UserForgotten, dependencies=writer, tags=["write"]
+        "/users/{user_id}",
+        response_model=UserForgotten,
+        response_model_exclude_none=True,
+        dependencies=writer,
+        tags=["write"],
     )
     def delete_user(user_id: UserId) -> UserForgotten:
-        """Erase a user's events everywhere (the right to be forgotten)."""
-        return UserForgotten(events_removed=live.forget_user(user_id))
+        """Erase a user's events everywhere (the right to be forgotten), experiments included."""
+        removed = live.forget_user(user_id)
+        rows = experiments.forget(live.pseudonym(user_id)) if experiments.has_log else None
+        return UserForgotten(events_removed=removed, experiment_rows_removed=rows)
 
     @app.post(
         "/admin/reload",
@@ -269,5 +326,98 @@ def create_app(engine_dir: Path, data_dir: Path, settings: ServeSettings | None 
     def prometheus() -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
+    @app.get(
+        "/experiments/{name}/report",
+        dependencies=reader,
+        tags=["experiments"],
+        responses={404: {"description": "no such experiment running"}},
+    )
+    def experiment_report(
+        name: Annotated[str, PathParam(min_length=1, max_length=64)],
+    ) -> Response:
+        """The statistics of a running experiment over everything served so far.
+
+        The same analysis as ``shoplm ab report``: per variant users, CTR, conversion and
+        revenue per user; per treatment the tests, intervals and the verdict.
+        """
+        try:
+            report = experiments.report(name)
+        except KeyError:
+            running = [c.name for c in experiments.configs]
+            raise HTTPException(
+                404, f"path.name: no experiment {name!r} running; running: {running}"
+            ) from None
+        return FastJSON(_finite(report))
+
+    @app.get(
+        "/monitoring/series", response_model=SeriesOut, dependencies=reader, tags=["monitoring"]
+    )
+    def monitoring_series(
+        metric: Annotated[str, Query(min_length=1, max_length=300, description=_METRIC_HELP)],
+        window: Annotated[
+            str, Query(max_length=16, description="how far back: 15m, 1h, 24h")
+        ] = "1h",
+    ) -> Response:
+        """A metric's time series (points of ``[unix time, value]``, null without data)."""
+        try:
+            name, labels = parse_selector(metric, "query.metric")
+            seconds = parse_duration(window, "query.window")
+        except ValueError as exc:
+            raise HTTPException(422, str(exc)) from None
+        if not 0 < seconds <= monitor.retention_seconds:
+            raise HTTPException(
+                422, f"query.window: must be within the {monitor.retention_seconds:g} s kept"
+            )
+        return FastJSON(monitor.series(name, labels, seconds))
+
+    @app.get(
+        "/monitoring/alerts", response_model=AlertsOut, dependencies=reader, tags=["monitoring"]
+    )
+    def monitoring_alerts() -> Response:
+        """Every alert rule with its state (ok, pending, firing), since when, and its value."""
+        return FastJSON({"alerts": monitor.alerts()})
+
+    def _assigned(user: str | None) -> tuple[str | None, Assignment | None]:
+        """The user's pseudonym and variants when an experiment runs (else no work)."""
+        if user is None or not experiments.running:
+            return None, None
+        key = live.pseudonym(user)
+        return key, experiments.assign(key)
+
     app.include_router(console_router(settings))
     return app
+
+
+def _experiments(live: LiveEngine, data_dir: Path, settings: ServeSettings) -> LiveExperiments:
+    """The experiments to run (the file's, else the engine config's), opened and served."""
+    if settings.experiments_file is not None:
+        configs = load_config(settings.experiments_file).experiments
+    else:
+        configs = live.engine.config.experiments
+
+    def prices(ids: list[str]) -> np.ndarray:
+        served = live.served
+        table = served.engine.items
+        if "price" not in table:
+            return np.full(len(ids), np.nan)
+        base = table["price"].to_numpy(dtype=float, na_value=np.nan)
+        rows = served.catalog.ids.get_indexer(ids)
+        known = (rows >= 0) & (rows < base.size)
+        return np.where(known, base[np.where(known, rows, 0)], np.nan)
+
+    experiments = LiveExperiments(configs, data_dir / EXPERIMENT_LOG_FILE, prices)
+    # a log left by an earlier run is opened too: erasure must reach its rows
+    if experiments.running or experiments.log_path.exists():
+        experiments.open()
+    if experiments.running:
+        live.set_arms(list(experiments.arms.values()))
+        live.listeners.append(experiments.record_events)
+    return experiments
+
+
+def _gauges(live: LiveEngine, monitor: Monitor) -> dict[str, float | None]:
+    newest = live.newest_event_ns
+    return {
+        "index_items": float((~live.catalog.deleted).sum()),
+        "event_lag_s": monitor.clock() - newest / 1e9 if newest else None,
+    }

@@ -22,6 +22,19 @@ def serve(
         Path | None,
         typer.Option("--data-dir", help="folder for the live event log [default: ENGINE/live]"),
     ] = None,
+    experiments: Annotated[
+        Path | None,
+        typer.Option(
+            "--experiments", help="TOML file whose experiments run (default: the engine config's)"
+        ),
+    ] = None,
+    alert: Annotated[
+        list[str] | None,
+        typer.Option("--alert", help="alert rule, e.g. 'p99_ms{route=\"/search\"} > 50 for 5m'"),
+    ] = None,
+    alerts: Annotated[
+        Path | None, typer.Option("--alerts", help="TOML file of alert tables (name, rule)")
+    ] = None,
 ) -> None:
     """Serve search, recommendations and event intake over HTTP (OpenAPI docs at /docs).
 
@@ -33,7 +46,9 @@ def serve(
     # a thread pool per matrix product on a busy 2-core host made a search 2.5 times
     # slower (34 ms against 13 ms wall, 16 ms against 6 ms CPU on the demo shop).
     threadpool_limits(1)
-    settings = ServeSettings()
+    settings = ServeSettings(
+        experiments_file=experiments, alert_rules=alert or [], alerts_file=alerts
+    )
     if not settings.key_digests():
         typer.echo(
             f"no API key set ({settings.api_keys_env}): write routes will refuse every request",

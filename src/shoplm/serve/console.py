@@ -220,14 +220,37 @@ def _still_listed(
 
 
 def similar(
-    live: Live, item_id: ItemId, k: Annotated[int, Query(ge=1, le=100)] = 10
+    request: Request,
+    live: Live,
+    item_id: ItemId,
+    k: Annotated[int, Query(ge=1, le=100)] = 10,
+    user: Annotated[
+        str | None, Query(max_length=256, description="the shopper (for A/B experiments)")
+    ] = None,
 ) -> RecommendationsOut:
-    """Items to show next to a product: bought together, similar text, then popular."""
-    catalog, engine = live.catalog, live.engine
-    _known_row(catalog, item_id)
-    hidden = int(catalog.deleted[: catalog.n_base].sum())
-    (found,) = engine.similar([item_id], k + hidden)
-    return _still_listed(catalog, found.items, found.scores, found.reasons, k)
+    """Items to show next to a product: bought together, similar text, then popular.
+
+    With a ``user`` and a running experiment, the user's variant answers and the list is
+    recorded as an exposure (surface ``similar``).
+    """
+    experiments = request.app.state.experiments
+    assignment = None
+    if user is not None and experiments.running:
+        key = live.pseudonym(user)
+        assignment = experiments.assign(key)
+    try:
+        found = live.similar(item_id, k, assignment.arm if assignment else None)
+    except KeyError:
+        raise HTTPException(404, "item_id: no such item in the catalogue") from None
+    if assignment is not None:
+        experiments.expose(key, assignment, "similar", found.ids)
+    items = [
+        RecommendedItem(id=i, title=t, score=s, reason=r)
+        for i, t, s, r in zip(
+            found.ids, found.titles, found.scores, found.reasons or [], strict=True
+        )
+    ]
+    return RecommendationsOut(items=items, **(assignment.fields() if assignment else {}))
 
 
 def bought_together(
@@ -341,20 +364,33 @@ def _finite(value: Any) -> Any:
         return value if math.isfinite(value) else None
     if isinstance(value, dict):
         return {str(k): _finite(v) for k, v in value.items()}
-    if isinstance(value, list):
+    if isinstance(value, list | tuple):
         return [_finite(v) for v in value]
     return value
 
 
 # ---------------------------------------------------------------------- A/B report
 class ExperimentOut(BaseModel):
+    running: list[str] = Field(
+        default_factory=list,
+        description="experiments this service runs; each has GET /experiments/{name}/report",
+    )
     source: str = Field(description="the report file's name")
     report: dict[str, Any] | None = Field(description="the report as written; null: none")
     error: str | None = Field(default=None, description="why an existing report was not read")
 
 
-def experiment(live: Live) -> ExperimentOut:
-    """The A/B report, passed through for the dashboard to draw; null when there is none."""
+def experiment(live: Live, request: Request) -> ExperimentOut:
+    """The running experiments' names, and the A/B report file for the dashboard to draw.
+
+    The dashboard asks ``/experiments/{name}/report`` for each running experiment and
+    falls back to the file (``shoplm ab report``'s JSON) when none runs.
+    """
+    running = [c.name for c in request.app.state.experiments.configs]
+    return _report_file(live).model_copy(update={"running": running})
+
+
+def _report_file(live: LiveEngine) -> ExperimentOut:
     given = os.environ.get(EXPERIMENT_REPORT_ENV)
     path = Path(given) if given else engine_root(live.engine_dir) / EXPERIMENT_REPORT_DEFAULT
     if path.is_dir():

@@ -13,13 +13,18 @@ answer.
 from __future__ import annotations
 
 import asyncio
+import copy
+import dataclasses
+import logging
+import re
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from shoplm.data.interactions import Sequences
 from shoplm.engine import Engine, forget_user
@@ -27,9 +32,70 @@ from shoplm.realtime.event_log import EventLog
 from shoplm.realtime.intake import CheckedEvents, EventValidator
 from shoplm.realtime.items import LiveCatalog
 from shoplm.realtime.sessions import SessionStore
+from shoplm.recommend.feed import PersonalFeed
 from shoplm.search.pipeline import SearchFilters
 
 _NO_HISTORY = np.zeros(0, dtype=np.int64)
+LOGGER = logging.getLogger("shoplm.serve")
+_VERSION = re.compile(r"^v\d{4,}$")
+
+#: Pipeline settings an experiment variant may change, with the check each value must pass.
+#: They are the personal feed's re-ranking knobs: they apply to an engine as loaded, with no
+#: rebuild, so a variant costs no memory beyond a copy of the feed object.
+FEED_SETTINGS: dict[str, tuple[str, Callable[[float], bool]]] = {
+    "recommend.diversity": ("a number in [0, 1)", lambda v: 0.0 <= v < 1.0),
+    "recommend.collaborative_weight": ("a number >= 0", lambda v: v >= 0.0),
+}
+
+
+@dataclass(frozen=True)
+class ArmSpec:
+    """What one variant (or a combination of variants of several experiments) serves.
+
+    ``engine`` names an engine version folder next to the served one (``None``: whatever
+    version is being served); ``settings`` are :data:`FEED_SETTINGS` overrides, sorted by
+    name so equal specs compare equal.
+    """
+
+    engine: str | None = None
+    settings: tuple[tuple[str, float], ...] = ()
+
+    @classmethod
+    def make(cls, engine: str | None, settings: Mapping[str, object], where: str) -> ArmSpec:
+        """A checked spec; ``where`` names the config entry in error messages."""
+        checked = []
+        for name, value in sorted(settings.items()):
+            if name not in FEED_SETTINGS:
+                raise ValueError(
+                    f"{where}.settings.{name}: not a setting the service can vary; "
+                    f"supported: {sorted(FEED_SETTINGS)}"
+                )
+            rule, ok = FEED_SETTINGS[name]
+            if isinstance(value, bool) or not isinstance(value, int | float) or not ok(value):
+                raise ValueError(f"{where}.settings.{name}: must be {rule}, got {value!r}")
+            checked.append((name, float(value)))
+        if engine is not None and not _VERSION.match(engine):
+            raise ValueError(f"{where}.engine: {engine!r} is not a version folder name")
+        return cls(engine, tuple(checked))
+
+    @property
+    def is_default(self) -> bool:
+        return self.engine is None and not self.settings
+
+
+@dataclass(frozen=True)
+class _Arm:
+    """A spec made real on one snapshot: its engine and feed, and how its item rows map to
+    the live catalogue's (``None`` when the arm's engine is the served one)."""
+
+    engine: Engine
+    feed: PersonalFeed
+    #: live catalogue row -> the arm engine's item row (-1: the arm's engine lacks it)
+    to_arm: np.ndarray | None = None
+    #: the arm engine's item row -> live catalogue row (-1: no longer in the catalogue)
+    from_arm: np.ndarray | None = None
+    #: the arm engine's items missing from the live catalogue (asked for on top of ``k``)
+    n_unlisted: int = 0
 
 
 class EventsRejected(ValueError):
@@ -63,6 +129,7 @@ class _Served:
     catalog: LiveCatalog
     sessions: SessionStore
     validator: EventValidator
+    arms: dict[ArmSpec, _Arm] = field(default_factory=dict)
 
     @property
     def version(self) -> str:
@@ -88,10 +155,24 @@ class LiveEngine:
     durable is paid once per group instead of once per request.
     """
 
-    def __init__(self, engine_dir: Path, log: EventLog, session_items: int = 50) -> None:
+    def __init__(
+        self,
+        engine_dir: Path,
+        log: EventLog,
+        session_items: int = 50,
+        arms: Sequence[ArmSpec] = (),
+    ) -> None:
         self.engine_dir = Path(engine_dir)
         self.log = log
         self.session_items = session_items
+        #: variants served next to the default answer (experiments); built per snapshot
+        self.arm_specs = [spec for spec in dict.fromkeys(arms) if not spec.is_default]
+        #: called by the committer with each commit's new rows (``EVENT_COLUMNS`` order)
+        self.listeners: list[Callable[[list[tuple]], None]] = []
+        #: time (ns) of the newest stored event; 0 before the first one
+        self.newest_event_ns = 0
+        # engine versions loaded for arms, by folder name: versions never change once built
+        self._arm_engines: dict[str, Engine] = {}
         # Pseudonyms erased while running: a loaded engine still holds their build-time
         # history in memory (the files are rewritten by ``forget_user``).
         self._forgotten: set[str] = set()
@@ -116,10 +197,15 @@ class LiveEngine:
         log_path: Path,
         session_items: int = 50,
         max_log_bytes: int | None = None,
+        arms: Sequence[ArmSpec] = (),
     ) -> LiveEngine:
-        """Load the engine and replay the log: catalogue edits first, then recent items."""
+        """Load the engine and replay the log: catalogue edits first, then recent items.
+
+        Each of ``arms`` that names another engine version loads it here too, side by side,
+        so a variant is served without a load on the request path.
+        """
         engine = Engine.load(engine_dir)
-        live = cls(engine_dir, EventLog(log_path, max_log_bytes), session_items)
+        live = cls(engine_dir, EventLog(log_path, max_log_bytes), session_items, arms)
         live._served = live._serve(engine)
         live._committer.start()
         return live
@@ -150,6 +236,20 @@ class LiveEngine:
     def engine(self) -> Engine:
         return self.served.engine
 
+    def set_arms(self, specs: Sequence[ArmSpec]) -> None:
+        """Serve these variants from now on (next to the default answer) and after reloads.
+
+        Engine versions they name are loaded here, side by side, and checked as a reload
+        checks its engine; an error leaves the arms served so far.
+        """
+        arm_specs = [spec for spec in dict.fromkeys(specs) if not spec.is_default]
+        with self._reload_lock:
+            served = self.served
+            arms = {spec: self._arm(spec, served.engine, served.catalog) for spec in arm_specs}
+            with self._write_lock, self._commit_lock:
+                self.arm_specs = arm_specs
+                self._served = dataclasses.replace(served, arms=arms)
+
     # ------------------------------------------------------------------ reload
     def reload(self) -> str:
         """Load the engine ``engine_dir`` points at now and swap it in; returns its version.
@@ -178,33 +278,80 @@ class LiveEngine:
         catalog = LiveCatalog(engine.items)
         catalog.apply(self.log.items())
         sessions = SessionStore(self.session_items)
-        past = self.log.events(("user", "item", "event"))
+        past = self.log.events(("user", "item", "event", "timestamp"))
         sessions.add(
             past["user"].to_numpy(dtype=object),
             catalog.ids.get_indexer(past["item"].fillna("")),
             past["event"].to_numpy(dtype=object),
         )
+        if len(past):
+            self.newest_event_ns = max(self.newest_event_ns, int(past["timestamp"].max()))
         # posted events use shoplm's own field names, whatever the shop's file columns are
         validator = EventValidator(engine.config.events.event_names, engine.pseudonymiser)
-        return _Served(engine, catalog, sessions, validator)
+        arms = {spec: self._arm(spec, engine, catalog) for spec in self.arm_specs}
+        return _Served(engine, catalog, sessions, validator, arms)
+
+    def _arm(self, spec: ArmSpec, served: Engine, catalog: LiveCatalog) -> _Arm:
+        """``spec`` on the served engine, or on its own version mapped to the live catalogue."""
+        engine = served
+        if spec.engine is not None and spec.engine != served.path.name:
+            engine = self._arm_engine(spec.engine, served)
+        feed = engine.feed
+        if spec.settings:
+            feed = copy.copy(feed)
+            for name, value in spec.settings:
+                setattr(feed, name.removeprefix("recommend."), value)
+        if engine is served:
+            return _Arm(engine, feed)
+        arm_ids = pd.Index(engine.items["item_id"])
+        to_arm = arm_ids.get_indexer(catalog.id_array[: catalog.n_base])
+        from_arm = catalog.ids.get_indexer(arm_ids)
+        return _Arm(engine, feed, to_arm, from_arm, int((from_arm < 0).sum()))
+
+    def _arm_engine(self, version: str, served: Engine) -> Engine:
+        """Engine version ``version`` from the served engine's root, loaded and checked once."""
+        if version not in self._arm_engines:
+            engine = Engine.load(served.path.parent / version)
+            if engine.pseudonymiser.fingerprint != served.pseudonymiser.fingerprint:
+                raise ValueError(
+                    f"{engine.path}: built with another pseudonymisation key than the engine "
+                    "being served, so its users would not match the experiment's users"
+                )
+            engine.search_page("shoplm variant probe", k=1)
+            engine.feed.recommend(Sequences.from_lists([_NO_HISTORY]), 1)
+            self._arm_engines[version] = engine
+        return self._arm_engines[version]
 
     # ------------------------------------------------------------------ reads
-    def search(self, query: str, k: int, offset: int, filters: SearchFilters) -> Ranked:
+    def pseudonym(self, user: str) -> str:
+        """The keyed pseudonym the engine, the log and the experiments know ``user`` by."""
+        return self.served.engine.pseudonymiser.pseudonymise_one(user)
+
+    def search(
+        self, query: str, k: int, offset: int, filters: SearchFilters, arm: ArmSpec | None = None
+    ) -> Ranked:
         """One page of results, with the items added since the build merged in.
 
         An added item that holds every word of the query goes before the engine's results
         (the shop just added it, and the engine cannot score it yet); one that holds only
-        some of the words goes after them.
+        some of the words goes after them. ``arm`` answers with a variant's engine version.
         """
         served = self.served
         catalog = served.catalog
+        chosen = served.arms.get(arm) if arm is not None else None
+        engine = chosen.engine if chosen is not None else served.engine
         hidden = int(catalog.deleted[: catalog.n_base].sum())
-        page = served.engine.search_page(query, k=offset + k + hidden, offset=0, filters=filters)
-        live = ~catalog.deleted[page.ids]
+        if chosen is not None:
+            hidden += chosen.n_unlisted
+        page = engine.search_page(query, k=offset + k + hidden, offset=0, filters=filters)
+        rows = page.ids
+        if chosen is not None and chosen.from_arm is not None:
+            rows = chosen.from_arm[rows]
+        live = (rows >= 0) & ~catalog.deleted[np.maximum(rows, 0)]
         fresh_ids, fresh_scores = catalog.search(query, offset + k, filters)
-        old = live & ~np.isin(page.ids, fresh_ids) if fresh_ids.size else live
+        old = live & ~np.isin(rows, fresh_ids) if fresh_ids.size else live
         full = fresh_scores >= 1
-        ids = np.concatenate([fresh_ids[full], page.ids[old], fresh_ids[~full]])
+        ids = np.concatenate([fresh_ids[full], rows[old], fresh_ids[~full]])
         scores = np.concatenate([fresh_scores[full], page.scores[old], fresh_scores[~full]])
         ids, scores = ids[offset : offset + k], scores[offset : offset + k]
         return Ranked(
@@ -217,24 +364,43 @@ class LiveEngine:
             applied=page.applied,
         )
 
-    def recommend(self, user: str, k: int) -> Ranked:
-        """Top ``k`` for the user's build-time history plus everything they did since."""
+    def recommend(
+        self, user: str, k: int, arm: ArmSpec | None = None, key: str | None = None
+    ) -> Ranked:
+        """Top ``k`` for the user's build-time history plus everything they did since.
+
+        ``arm`` answers with a variant's engine version and feed settings; ``key`` is the
+        user's pseudonym when the caller has it already.
+        """
         served = self.served
-        engine, catalog = served.engine, served.catalog
-        key = engine.pseudonymiser.pseudonymise_one(user)
+        catalog = served.catalog
+        chosen = served.arms.get(arm) if arm is not None else None
+        engine = chosen.engine if chosen is not None else served.engine
+        feed = chosen.feed if chosen is not None else engine.feed
+        mapped = chosen is not None and chosen.to_arm is not None
+        if key is None:
+            key = served.engine.pseudonymiser.pseudonymise_one(user)
         built = _NO_HISTORY
         if key in engine.history_users and key not in self._forgotten:
             built = engine.histories[int(engine.history_users.get_loc(key))]
         recent = served.sessions.recent(key)
         # items added since the build are unknown to the engine's recommender
         recent = recent[recent < catalog.n_base]
-        history = Sequences.from_lists([np.concatenate([built, recent])])
         hidden = int(catalog.deleted[: catalog.n_base].sum())
-        ids, scores, reasons = engine.feed.recommend(history, k + hidden)
+        if mapped:
+            assert chosen is not None and chosen.to_arm is not None
+            recent = chosen.to_arm[recent]
+            recent = recent[recent >= 0]
+            hidden += chosen.n_unlisted
+        history = Sequences.from_lists([np.concatenate([built, recent])])
+        ids, scores, reasons = feed.recommend(history, k + hidden)
         ids, scores = ids[0], scores[0]
         listed = ids >= 0
         ids, scores = ids[listed], scores[listed]
-        keep = ~catalog.deleted[ids]
+        if mapped:
+            assert chosen is not None and chosen.from_arm is not None
+            ids = chosen.from_arm[ids]
+        keep = (ids >= 0) & ~catalog.deleted[np.maximum(ids, 0)]
         why = [r for r, kept in zip(reasons[0], keep, strict=False) if kept][:k]
         ids, scores = ids[keep][:k], scores[keep][:k]
         return Ranked(
@@ -242,6 +408,32 @@ class LiveEngine:
             titles=catalog.titles[ids].tolist(),
             scores=scores.astype(float).tolist(),
             reasons=why,
+        )
+
+    def similar(self, item_id: str, k: int, arm: ArmSpec | None = None) -> Ranked:
+        """Items to show next to ``item_id``, from the arm's engine; only listed ones.
+
+        Raises KeyError when the item is unknown or withdrawn.
+        """
+        served = self.served
+        catalog = served.catalog
+        row = int(catalog.ids.get_indexer([item_id])[0])
+        if row < 0 or catalog.deleted[row]:
+            raise KeyError(item_id)
+        chosen = served.arms.get(arm) if arm is not None else None
+        engine = chosen.engine if chosen is not None else served.engine
+        hidden = int(catalog.deleted[: catalog.n_base].sum())
+        if chosen is not None:
+            hidden += chosen.n_unlisted
+        (found,) = engine.similar([item_id], k + hidden)
+        rows = catalog.ids.get_indexer(found.items)
+        keep = (rows >= 0) & ~catalog.deleted[np.maximum(rows, 0)]
+        rows = rows[keep][:k]
+        return Ranked(
+            ids=catalog.id_array[rows].tolist(),
+            titles=catalog.titles[rows].tolist(),
+            scores=[s for s, kept in zip(found.scores, keep, strict=True) if kept][:k],
+            reasons=[r for r, kept in zip(found.reasons, keep, strict=True) if kept][:k],
         )
 
     # ------------------------------------------------------------------ writes
@@ -344,6 +536,15 @@ class LiveEngine:
             items,
             np.array([row[3] for row in stored_rows], dtype=object),
         )
+        if stored_rows:
+            self.newest_event_ns = max(self.newest_event_ns, max(r[4] for r in stored_rows))
+        for listener in self.listeners:
+            try:
+                listener(stored_rows)
+            except Exception:  # the events are stored: a listener's failure must not undo that
+                LOGGER.exception(
+                    "commit listener failed", extra={"fields": {"rows": len(stored_rows)}}
+                )
 
     def put_item(self, item_id: str, fields: dict[str, object]) -> bool:
         """Add or change an item, durably; returns whether it is new."""

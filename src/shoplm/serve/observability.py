@@ -12,6 +12,7 @@ import logging
 import re
 import time
 import uuid
+from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, Info
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -84,9 +85,16 @@ class RequestObserver:
     into the logs.
     """
 
-    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        metrics: Metrics,
+        record: Callable[[str, float, int], None] | None = None,
+    ) -> None:
         self.app = app
         self.metrics = metrics
+        #: also told of each request (route template, seconds, status): the monitor
+        self.record = record
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -116,6 +124,8 @@ class RequestObserver:
             method = scope["method"]
             self.metrics.requests.labels(route, method, str(status)).inc()
             self.metrics.latency.labels(route, method).observe(seconds)
+            if self.record is not None:
+                self.record(route, seconds, status)
             LOGGER.info(
                 "request",
                 extra={

@@ -72,7 +72,19 @@ class ScoredItem(BaseModel):
     score: float
 
 
-class SearchOut(BaseModel):
+class _Assigned(BaseModel):
+    """The experiment fields of an answer to a request with a user, while a test runs."""
+
+    experiment: str | None = Field(
+        default=None, description="the (first) running experiment; absent when none runs"
+    )
+    variant: str | None = Field(default=None, description="the user's variant in it")
+    experiments: dict[str, str] | None = Field(
+        default=None, description="the user's variant in every running experiment"
+    )
+
+
+class SearchOut(_Assigned):
     query: str
     items: list[ScoredItem]
     total: int = Field(description="results that pass the filters, over every page")
@@ -86,12 +98,47 @@ class RecommendedItem(ScoredItem):
     reason: str
 
 
-class RecommendationsOut(BaseModel):
+class RecommendationsOut(_Assigned):
     items: list[RecommendedItem]
 
 
 class UserForgotten(BaseModel):
     events_removed: int = Field(description="events erased from the live log and the engine")
+    experiment_rows_removed: int | None = Field(
+        default=None,
+        description="exposures and outcomes erased from the experiment log (absent: no log)",
+    )
+
+
+class SeriesPoints(BaseModel):
+    labels: dict[str, str]
+    points: list[tuple[float, float | None]] = Field(description="[unix time, value] pairs")
+
+
+class SeriesOut(BaseModel):
+    metric: str
+    labels: dict[str, str]
+    window_s: float
+    step_s: float = Field(description="seconds each point covers")
+    series: list[SeriesPoints]
+
+
+class AlertOut(BaseModel):
+    name: str
+    metric: str
+    labels: dict[str, str]
+    comparison: str
+    threshold: float
+    window_s: float
+    over_s: float
+    state: str = Field(description="ok, pending (condition holds, not yet for window) or firing")
+    since: float = Field(description="unix time the rule entered its state")
+    value: float | None
+    series: dict[str, str] | None = Field(description="labels of the series that crossed")
+
+
+class AlertsOut(BaseModel):
+    alerts: list[AlertOut]
 
 
 class Health(BaseModel):

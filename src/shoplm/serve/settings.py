@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -40,6 +41,18 @@ class ServeSettings(BaseModel):
     session_items: int = Field(default=50, ge=1)
     #: cap on the event log's size; at the cap writes fail as on a full disk (507)
     max_log_bytes: int | None = Field(default=None, ge=65_536)
+    #: a TOML file whose ``[[experiments]]`` the service runs (read with
+    #: :func:`shoplm.config.load_config`); unset: those of the served engine's config
+    experiments_file: Path | None = None
+    #: alert rules, each ``METRIC{LABELS} OP THRESHOLD for WINDOW [over SPAN]``
+    #: (e.g. ``p99_ms{route="/search"} > 50 for 5m``); see :mod:`shoplm.serve.monitoring`
+    alert_rules: list[str] = Field(default_factory=list)
+    #: a TOML file of further rules: ``[[alerts]]`` tables with ``name`` and ``rule``
+    alerts_file: Path | None = None
+    #: width of the monitor's time buckets; rules are evaluated once per bucket
+    monitor_bucket_seconds: float = Field(default=10.0, ge=0.5, le=3_600)
+    #: history the monitor keeps (memory and its SQLite table)
+    monitor_retention_seconds: float = Field(default=86_400.0, ge=60)
 
     @field_validator("api_key_hashes", "admin_key_hashes")
     @classmethod

@@ -563,7 +563,23 @@ async function loadExperiment() {
   const body = $("experiment-body");
   try {
     const found = await getJSON("/console/api/experiment");
-    if (found.error) fill(body, h("p", { class: "error" }, found.error));
+    if (found.running && found.running.length) {
+      // live reports from the service's own experiment log
+      const reports = await Promise.all(
+        found.running.map((name) => getJSON(`/experiments/${encodeURIComponent(name)}/report`)),
+      );
+      fill(
+        body,
+        reports.map((report) =>
+          h(
+            "div",
+            { class: "live-report" },
+            h("p", { class: "muted small" }, `Live: ${report.experiment}`),
+            renderABReport(report),
+          ),
+        ),
+      );
+    } else if (found.error) fill(body, h("p", { class: "error" }, found.error));
     else if (!found.report) {
       fill(
         body,
@@ -586,6 +602,127 @@ async function loadExperiment() {
   } catch (error) {
     fill(body, problem(error));
   }
+}
+
+// ---------------------------------------------------------------- monitoring
+// Each chart is one metric over the chosen window, one line per series (route, variant).
+const CHARTS = [
+  ["p99_ms", "p99 latency (ms)"],
+  ["p50_ms", "median latency (ms)"],
+  ["error_rate", "5xx share"],
+  ["requests_per_s", "requests / s"],
+  ["events_per_s", "events / s"],
+  ["event_lag_s", "event lag (s)"],
+  ["index_items", "items in the index"],
+  ["ctr", "clicks per served list"],
+  ["conversion", "purchases per served list"],
+];
+const CHART_W = 320;
+const CHART_H = 120;
+
+function seriesName(labels) {
+  const parts = Object.values(labels || {});
+  return parts.length ? parts.join(" / ") : "all";
+}
+
+function lineChart(title, data) {
+  const values = data.series.flatMap((s) => s.points.map((p) => p[1])).filter((v) => v !== null);
+  const times = data.series.flatMap((s) => s.points.map((p) => p[0]));
+  if (!values.length) {
+    return h("figure", { class: "chart" }, h("figcaption", {}, title), h("p", { class: "muted small" }, "no data"));
+  }
+  const top = Math.max(...values) || 1;
+  const t0 = Math.min(...times);
+  const t1 = Math.max(...times);
+  const x = (t) => 4 + ((t - t0) / Math.max(t1 - t0, 1)) * (CHART_W - 8);
+  const y = (v) => CHART_H - 4 - (v / top) * (CHART_H - 18);
+  const lines = data.series.map((s, i) => {
+    // a gap in the data breaks the line instead of drawing through it
+    const runs = [[]];
+    for (const [t, v] of s.points) {
+      if (v === null) runs.push([]);
+      else runs[runs.length - 1].push(`${x(t).toFixed(1)},${y(v).toFixed(1)}`);
+    }
+    return h(
+      "g",
+      { class: `series series-${i % 6}` },
+      h("title", {}, seriesName(s.labels)),
+      runs.filter((r) => r.length).map((r) =>
+        r.length === 1
+          ? h("circle", { cx: r[0].split(",")[0], cy: r[0].split(",")[1], r: 2 })
+          : h("polyline", { points: r.join(" ") }),
+      ),
+    );
+  });
+  return h(
+    "figure",
+    { class: "chart" },
+    h("figcaption", {}, title),
+    h(
+      "svg",
+      { viewBox: `0 0 ${CHART_W} ${CHART_H}`, role: "img", "aria-label": `${title} over time` },
+      h("line", { x1: 0, x2: CHART_W, y1: CHART_H - 4, y2: CHART_H - 4, class: "axis" }),
+      h("text", { x: 4, y: 11, class: "tick" }, formatNumber(top)),
+      lines,
+    ),
+    h(
+      "p",
+      { class: "legend small" },
+      data.series.map((s, i) => h("span", { class: `key series-${i % 6}` }, seriesName(s.labels))),
+    ),
+  );
+}
+
+async function loadAlerts() {
+  const body = $("alerts-body");
+  try {
+    const { alerts } = await getJSON("/monitoring/alerts");
+    fill(
+      body,
+      alerts.length
+        ? table(
+            ["Rule", "State", "Since", "Value"],
+            alerts.map((a) =>
+              h(
+                "tr",
+                { class: `alert-${a.state}` },
+                h("td", {}, h("code", {}, a.name)),
+                h("td", {}, h("span", { class: `badge state-${a.state}` }, a.state)),
+                h("td", {}, formatDate(new Date(a.since * 1000).toISOString())),
+                h("td", {}, a.value === null ? "–" : formatNumber(a.value)),
+              ),
+            ),
+            "Alert rules and their states",
+          )
+        : h("p", { class: "muted" }, "No alert rules set (alert_rules or alerts_file in the service settings)."),
+    );
+  } catch (error) {
+    fill(body, problem(error));
+  }
+}
+
+async function loadCharts() {
+  const body = $("charts-body");
+  const window_ = $("monitoring-window").value;
+  try {
+    const all = await Promise.all(
+      CHARTS.map(([metric]) =>
+        getJSON(`/monitoring/series?metric=${encodeURIComponent(metric)}&window=${window_}`),
+      ),
+    );
+    fill(
+      body,
+      all.map((data, i) => lineChart(CHARTS[i][1], data)),
+    );
+  } catch (error) {
+    fill(body, problem(error));
+  }
+}
+
+function pollMonitoring() {
+  if (paused) return;
+  loadAlerts();
+  loadCharts();
 }
 
 // ---------------------------------------------------------------- deployments
@@ -670,4 +807,7 @@ loadVersions();
 loadExperiment();
 loadDeployments();
 pollMetrics();
+pollMonitoring();
 setInterval(pollMetrics, POLL_SECONDS * 1000);
+setInterval(pollMonitoring, 2 * POLL_SECONDS * 1000);
+$("monitoring-window").addEventListener("change", loadCharts);

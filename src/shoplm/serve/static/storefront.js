@@ -317,7 +317,7 @@ function pagination(here, page, pages) {
 async function product(token, id) {
   const [info, similar, together] = await Promise.allSettled([
     details([id]),
-    getJSON(`/items/${encodeURIComponent(id)}/similar`, { k: RELATED }),
+    getJSON(`/items/${encodeURIComponent(id)}/similar`, { k: RELATED, user: currentUser() }),
     getJSON(`/items/${encodeURIComponent(id)}/bought-together`, { k: RELATED }),
   ]);
   const item = info.status === "fulfilled" ? info.value[id] : undefined;
