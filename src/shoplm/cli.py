@@ -14,6 +14,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from shoplm.augment.command import augment
 from shoplm.config import ConfigError, ShoplmConfig, load_config
 from shoplm.data.catalog import load_catalog
 from shoplm.data.events import load_events
@@ -225,6 +226,7 @@ def demo(
 app.command()(serve)
 app.add_typer(eval_app, name="eval")
 app.add_typer(ab, name="ab")
+app.command()(augment)
 app.command()(deploy)
 app.command()(rollback)
 

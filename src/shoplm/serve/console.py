@@ -20,7 +20,6 @@ import hashlib
 import json
 import math
 import os
-import threading
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -32,6 +31,7 @@ from fastapi.responses import FileResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from shoplm import store
+from shoplm.deploy.pipeline import DeployError, deploy_lock
 from shoplm.realtime.items import LiveCatalog
 from shoplm.recommend.feed import BOUGHT_TOGETHER
 from shoplm.serve.live import LiveEngine
@@ -62,8 +62,6 @@ _PAGE_HEADERS = {
     "Referrer-Policy": "no-referrer",
     "Cache-Control": "no-cache",
 }
-# store.promote stages its symlink under a per-process name: one switch at a time
-_PROMOTE_LOCK = threading.Lock()
 
 ItemId = Annotated[str, PathParam(min_length=1, max_length=256)]
 
@@ -331,7 +329,7 @@ def versions(live: Live) -> VersionsOut:
                 build_seconds=manifest.get("build_seconds"),
                 counts=manifest.get("counts") or {},
                 components=manifest.get("components") or {},
-                metrics=_finite(manifest.get("metrics") or {}),
+                metrics=_finite(manifest.get("metrics") or _deploy_metrics(folder)),
                 inputs={
                     name: InputSummary(bytes=given.get("bytes"), sha256=given.get("sha256"))
                     for name, given in (manifest.get("inputs") or {}).items()
@@ -465,23 +463,35 @@ def rollback(live: Live, body: RollbackIn, request: Request) -> RollbackOut:
         raise HTTPException(
             422, f"body.version: no complete engine version {body.version!r} in the engine root"
         )
-    with _PROMOTE_LOCK:
-        previous = current_version(root)
-        changed = previous != body.version
-        if changed:
-            store.promote(root, known[body.version])
-            entry = {
-                "at": datetime.now(UTC).isoformat(timespec="seconds"),
-                "action": "rollback",
-                "version": body.version,
-                "previous": previous,
-                # a short digest tells keys apart in the history without revealing one
-                "key": hashlib.sha256(request.headers["x-api-key"].encode()).hexdigest()[:8],
-            }
-            with open(root / DEPLOYMENTS_FILE, "a", encoding="utf-8") as handle:
-                handle.write(json.dumps(entry) + "\n")
-                handle.flush()
-                os.fsync(handle.fileno())
+    try:
+        with deploy_lock(root):  # the same lock as `shoplm deploy` / `rollback`
+            previous = current_version(root)
+            changed = previous != body.version
+            if changed:
+                store.promote(root, known[body.version])
+                entry = {
+                    "at": datetime.now(UTC).isoformat(timespec="seconds"),
+                    "action": "rollback",
+                    "version": body.version,
+                    "previous": previous,
+                    # a short digest tells keys apart in the history without revealing one
+                    "key": hashlib.sha256(request.headers["x-api-key"].encode()).hexdigest()[:8],
+                }
+                with open(root / DEPLOYMENTS_FILE, "a", encoding="utf-8") as handle:
+                    handle.write(json.dumps(entry) + "\n")
+                    handle.flush()
+                    os.fsync(handle.fileno())
+    except DeployError as exc:
+        raise HTTPException(409, str(exc)) from None
     return RollbackOut(
         current=body.version, previous=previous, serving=live.version, changed=changed
     )
+
+
+def _deploy_metrics(folder: Path) -> dict[str, Any]:
+    """The offline metrics ``shoplm deploy`` measured for this version, if it was deployed."""
+    try:
+        record = json.loads((folder / "deploy.json").read_text("utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return (record.get("metrics") or {}).get("candidate") or {}
