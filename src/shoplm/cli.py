@@ -25,6 +25,7 @@ from shoplm.deploy.command import deploy, rollback
 from shoplm.engine import BuildError, Engine, Recommendation, forget_user
 from shoplm.eval.command import app as eval_app
 from shoplm.experiment.command import ab
+from shoplm.models.finetune_command import app as finetune_app
 from shoplm.serve.command import serve
 from shoplm.store import EngineNotFoundError
 
@@ -226,6 +227,7 @@ def demo(
 app.command()(serve)
 app.add_typer(eval_app, name="eval")
 app.add_typer(ab, name="ab")
+app.add_typer(finetune_app, name="finetune")
 app.command()(augment)
 app.command()(deploy)
 app.command()(rollback)

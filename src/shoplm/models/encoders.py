@@ -16,6 +16,7 @@ Every encoder returns L2-normalised float32 rows, so inner product is cosine sim
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import tempfile
 import warnings
@@ -35,6 +36,10 @@ ENCODER_DIMS: dict[str, int] = {"minilm": 384, "minilm-onnx": 384, "use": 512}
 MINILM_MAX_TOKENS = 256
 
 CACHE_ENV = "SHOPLM_CACHE"
+
+#: A fine-tuned bi-encoder folder (``shoplm.models.finetune``) is recognised by this file,
+#: which names its base model, its ONNX int8 export and an id of its weights.
+FINETUNED_MANIFEST = "shoplm-model.json"
 
 
 def cache_dir() -> Path:
@@ -81,13 +86,17 @@ class TextEncoder(ABC):
 
 
 class MiniLMEncoder(TextEncoder):
-    """all-MiniLM-L6-v2 through sentence-transformers and torch (fp32): the reference."""
+    """all-MiniLM-L6-v2 through sentence-transformers and torch (fp32): the reference.
+
+    ``model_dir`` is a fine-tuned copy of it (a sentence-transformers folder written by
+    :class:`shoplm.models.finetune.BiEncoderFinetuner`); None is the packaged model.
+    """
 
     name = "minilm"
     dim = 384
 
-    def __init__(self) -> None:
-        self._model = _sentence_transformer()
+    def __init__(self, model_dir: Path | None = None) -> None:
+        self._model = _sentence_transformer(str(model_dir or minilm_path()))
 
     def _encode_batch(self, texts: list[str]) -> np.ndarray:
         return self._model.encode(texts, batch_size=len(texts), convert_to_numpy=True)
@@ -106,12 +115,15 @@ class OnnxMiniLMEncoder(TextEncoder):
     name = "minilm-onnx"
     dim = 384
 
-    def __init__(self, onnx_path: Path, threads: int | None = 1) -> None:
+    def __init__(
+        self, onnx_path: Path, threads: int | None = 1, tokenizer_dir: Path | None = None
+    ) -> None:
         import onnxruntime as ort
         from tokenizers import Tokenizer
 
         self.onnx_path = Path(onnx_path)
-        self._tokenizer = Tokenizer.from_file(str(minilm_path() / "tokenizer.json"))
+        tokenizer = Path(tokenizer_dir or minilm_path()) / "tokenizer.json"
+        self._tokenizer = Tokenizer.from_file(str(tokenizer))
         self._tokenizer.enable_truncation(max_length=MINILM_MAX_TOKENS)
         self._tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")
         options = ort.SessionOptions()
@@ -148,10 +160,10 @@ class USEEncoder(TextEncoder):
 # Model weights are loaded once per process: rebuilding a retriever, or serving queries
 # beside a build, must not pay seconds of loading each time.
 @cache
-def _sentence_transformer():  # type: ignore[no-untyped-def]
+def _sentence_transformer(path: str):  # type: ignore[no-untyped-def]
     from sentence_transformers import SentenceTransformer
 
-    return SentenceTransformer(str(minilm_path()), device="cpu")
+    return SentenceTransformer(path, device="cpu")
 
 
 @cache
@@ -162,26 +174,35 @@ def _use_model(threads: int):  # type: ignore[no-untyped-def]
 
 
 def load_encoder(
-    name: str, threads: int | None = None, onnx_path: Path | None = None
+    name: str,
+    threads: int | None = None,
+    onnx_path: Path | None = None,
+    model_dir: Path | None = None,
 ) -> TextEncoder:
     """Build the encoder called ``name`` (a key of :data:`ENCODER_DIMS`).
 
     ``threads`` None keeps each encoder's default (all cores for batch encoders, one for the
-    ONNX query encoder). ``minilm-onnx`` uses ``onnx_path`` if given, else the cached int8
-    export (made on first use).
+    ONNX query encoder). ``minilm-onnx`` uses ``onnx_path`` if given, else the int8 export
+    of ``model_dir`` (a fine-tuned folder) if given, else the cached export of the packaged
+    model (made on first use). ``minilm`` loads ``model_dir`` instead of the packaged model.
     """
     if name == "minilm":
-        return MiniLMEncoder()
+        return MiniLMEncoder(model_dir)
     if name == "minilm-onnx":
-        path = onnx_path or cached_minilm_onnx()
-        return OnnxMiniLMEncoder(path) if threads is None else OnnxMiniLMEncoder(path, threads)
+        if onnx_path is None:
+            onnx_path = (
+                cached_minilm_onnx() if model_dir is None else finetuned_onnx_path(model_dir)
+            )
+        return OnnxMiniLMEncoder(onnx_path, 1 if threads is None else threads, model_dir)
     if name == "use":
         return USEEncoder(threads=threads)
     raise ValueError(f"unknown encoder {name!r}; choose from {sorted(ENCODER_DIMS)}")
 
 
-def export_minilm_onnx(path: Path, quantize: bool = True) -> Path:
+def export_minilm_onnx(path: Path, quantize: bool = True, model_dir: Path | None = None) -> Path:
     """Export all-MiniLM-L6-v2 with its mean pooling to ONNX at ``path``; int8 if ``quantize``.
+
+    ``model_dir`` exports a fine-tuned copy (same architecture) instead of the packaged model.
 
     The pooling is part of the graph so that the serving side is one ``session.run``. The
     legacy TorchScript exporter (``dynamo=False``) is used because it handles the BERT
@@ -210,7 +231,7 @@ def export_minilm_onnx(path: Path, quantize: bool = True) -> Path:
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    wrapper = _MeanPooled(AutoModel.from_pretrained(str(minilm_path()))).eval()
+    wrapper = _MeanPooled(AutoModel.from_pretrained(str(model_dir or minilm_path()))).eval()
     example = {
         name: torch.ones((2, 8), dtype=torch.int64)
         for name in ("input_ids", "attention_mask", "token_type_ids")
@@ -257,3 +278,19 @@ def cached_minilm_onnx(directory: Path | None = None) -> Path:
         export_minilm_onnx(partial)
         partial.replace(target)
     return target
+
+
+def finetuned_manifest(model_dir: Path) -> dict[str, object]:
+    """The manifest of a fine-tuned bi-encoder folder, or a clear error if it is not one."""
+    manifest = Path(model_dir) / FINETUNED_MANIFEST
+    if not manifest.is_file():
+        raise ValueError(
+            f"{model_dir} is not a fine-tuned model folder: it has no {FINETUNED_MANIFEST} "
+            "(write one with shoplm.models.finetune.BiEncoderFinetuner.save)"
+        )
+    return json.loads(manifest.read_text())
+
+
+def finetuned_onnx_path(model_dir: Path) -> Path:
+    """The int8 ONNX export that a fine-tuned folder serves queries with."""
+    return Path(model_dir) / str(finetuned_manifest(model_dir)["onnx"])

@@ -24,8 +24,11 @@ import numpy as np
 import pandas as pd
 
 from shoplm.models.encoders import (
+    FINETUNED_MANIFEST,
     TextEncoder,
     cached_minilm_onnx,
+    finetuned_manifest,
+    finetuned_onnx_path,
     load_encoder,
 )
 from shoplm.recommend.base import top_k
@@ -49,7 +52,10 @@ class DenseRetriever(Retriever):
     """Bi-encoder retrieval over the text of ``fields``.
 
     ``encoder`` is ``"minilm"`` (English), ``"use"`` (multilingual) or ``"auto"``, which
-    picks MiniLM when the catalogue is mostly Latin script and USE otherwise. With
+    picks MiniLM when the catalogue is mostly Latin script and USE otherwise, or the path of
+    a fine-tuned MiniLM folder (:mod:`shoplm.models.finetune`): its torch weights encode the
+    items and its int8 ONNX export the queries; a saved retriever carries both its vectors
+    and that export, so serving does not need the folder. With
     ``multilingual_queries`` an English catalogue is also indexed with USE, and queries
     written mostly in another script (a Chinese query to an English shop) are answered
     through it; this doubles the fit time, so it is off by default.
@@ -103,12 +109,18 @@ class DenseRetriever(Retriever):
 
     def fit(self, items: pd.DataFrame) -> Self:
         texts = item_texts(items, self.fields)
-        if self.encoder == "auto":
+        self._model_dir = self._finetuned_dir()
+        if self._model_dir is not None:
+            primary = "minilm"
+        elif self.encoder == "auto":
             primary = "minilm" if dominant_script(texts) == "latin" else "use"
         elif self.encoder in ("minilm", "use"):
             primary = self.encoder
         else:
-            raise ValueError(f"encoder must be 'auto', 'minilm' or 'use', got {self.encoder!r}")
+            raise ValueError(
+                "encoder must be 'auto', 'minilm', 'use' or a fine-tuned model folder (with "
+                f"{FINETUNED_MANIFEST}), got {self.encoder!r}"
+            )
         names = [primary]
         if self.multilingual_queries and primary == "minilm":
             names.append("use")
@@ -118,19 +130,51 @@ class DenseRetriever(Retriever):
         self.indexes_ = {
             name: self._build_index(vectors) for name, vectors in self.vectors_.items()
         }
-        self.onnx_path_ = cached_minilm_onnx() if primary == "minilm" else None
+        if self._model_dir is not None:
+            self.onnx_path_ = finetuned_onnx_path(self._model_dir)
+        else:
+            self.onnx_path_ = cached_minilm_onnx() if primary == "minilm" else None
         self._query_encoders: dict[str, TextEncoder] = {}
         return self
 
+    def _finetuned_dir(self) -> Path | None:
+        """The fine-tuned model folder ``encoder`` names, or None for a packaged encoder."""
+        if self.encoder in ("auto", "minilm", "use"):
+            return None
+        folder = Path(self.encoder)
+        if not (folder / FINETUNED_MANIFEST).is_file():
+            return None
+        if finetuned_manifest(folder).get("base") != "minilm":
+            raise ValueError(f"{folder}: only fine-tuned MiniLM folders can be served")
+        return folder
+
+    def _item_model_dir(self, name: str) -> Path | None:
+        """The folder whose torch weights encode the items for encoder ``name`` (None:
+        packaged). A model fine-tuned on the query side only keeps its base's item vectors."""
+        if name != "minilm" or self._model_dir is None:
+            return None
+        manifest = finetuned_manifest(self._model_dir)
+        if manifest.get("items") == "base":
+            base = manifest.get("base_dir")
+            return None if base is None else Path(str(base))
+        return self._model_dir
+
     def _item_vectors(self, name: str, texts: list[str]) -> np.ndarray:
         """Encode the item texts with the torch/numpy reference model, through the disk cache."""
+        model_dir = self._item_model_dir(name)
+        # a fine-tuned model's vectors are keyed by its weights, not only by "minilm"
+        key = name
+        if model_dir is not None and (model_dir / FINETUNED_MANIFEST).is_file():
+            key = f"{name}-{finetuned_manifest(model_dir)['model_id']}"
+        elif model_dir is not None:
+            key = f"{name}-{model_dir.resolve()}"
         cached = None
         if self.cache_dir is not None:
-            digest = hashlib.sha256("\x1f".join([name, *texts]).encode()).hexdigest()[:20]
+            digest = hashlib.sha256("\x1f".join([key, *texts]).encode()).hexdigest()[:20]
             cached = Path(self.cache_dir) / f"item-vectors-{name}-{digest}.npy"
             if cached.exists():
                 return np.load(cached)
-        vectors = load_encoder(name, threads=self.threads).encode(
+        vectors = load_encoder(name, threads=self.threads, model_dir=model_dir).encode(
             texts, batch_size=self.batch_size, show_progress=self.show_progress
         )
         if cached is not None:
