@@ -82,7 +82,10 @@ def test_default_build_is_tuned_and_scored_end_to_end(tmp_path) -> None:
     assert tuning["validation_users"] == 400 and tuning["trials"]
     collaborative = manifest["tuning"]["collaborative"]
     assert [trial["params"]["collaborative_weight"] for trial in collaborative["trials"]] == [
-        0.0, 0.25, 0.5, 1.0
+        0.0,
+        0.25,
+        0.5,
+        1.0,
     ]
     weight = manifest["feed"]["collaborative_weight"]
     assert weight == collaborative["params"]["collaborative_weight"]
