@@ -110,9 +110,17 @@ def build(
         Path | None,
         typer.Option("--search-labels", help="judged queries: query, item_id, relevance"),
     ] = None,
+    finetune: Annotated[
+        bool,
+        typer.Option(
+            "--finetune", help="fine-tune the query encoder on this shop (synthetic queries)"
+        ),
+    ] = False,
 ) -> None:
     """Build a new engine version from a catalogue (and event log) and make it current."""
     cfg = _config(config)
+    if finetune:
+        cfg.search.finetune = True
     with _user_errors():
         result = Engine.build(catalog, out, events, cfg, progress=True, search_labels=search_labels)
     _print_report(result.report)

@@ -68,6 +68,11 @@ class SearchConfig(_Section):
     spelling: bool = True
     #: train a LambdaMART ranker when judged labels or search clicks are available
     learn_to_rank: bool = True
+    #: fine-tune MiniLM's query tower on the shop (template queries + judged labels) inside
+    #: the build (``shoplm build --finetune``; see shoplm.search.adapt)
+    finetune: bool = False
+    #: wall-clock budget of that training; the model is saved as it stands when it runs out
+    finetune_minutes: float = Field(default=30.0, gt=0)
 
 
 class RecommendConfig(_Section):

@@ -47,6 +47,7 @@ from shoplm.recommend.tuning import (
     last_item_split,
     tune_collaborative_weight,
 )
+from shoplm.search.adapt import finetune_query_encoder
 from shoplm.search.logs import search_clicks
 from shoplm.search.pipeline import SearchFilters, SearchPage, SearchPipeline
 
@@ -191,7 +192,9 @@ class Engine:
             event_table = pq.read_table(events_path)
             interactions, users = _interactions(event_table, len(items))
             _write_histories(staging, interactions, users)
-            search = _fit_search(items, event_table, interactions, labels, config)
+            search, adaptation = _fit_search(
+                items, event_table, interactions, labels, config, staging, progress
+            )
             search.save(staging / "search")
             PopularityRecommender().fit(interactions).save(staging / "recommend" / "popularity")
             split = (
@@ -240,6 +243,7 @@ class Engine:
                     + (["als"] if feed_weight > 0 else []),
                 },
                 "feed": {"collaborative_weight": feed_weight},
+                "finetune": adaptation,
                 "tuning": tuning,
             }
             (staging / store.MANIFEST).write_text(json.dumps(manifest, indent=2), "utf-8")
@@ -454,8 +458,23 @@ def _fit_search(
     interactions: Interactions,
     labels: pd.DataFrame | None,
     config: ShoplmConfig,
-) -> SearchPipeline:
+    version: Path,
+    progress: bool,
+) -> tuple[SearchPipeline, dict[str, object] | None]:
+    """The search pipeline, with a query encoder fine-tuned on the shop when configured."""
     settings = config.search
+    encoder, adaptation = settings.encoder, None
+    if settings.finetune and settings.dense:
+        folder, adaptation = finetune_query_encoder(
+            items,
+            labels,
+            version,
+            cache_dir() / "vectors",
+            settings.finetune_minutes,
+            seed=config.recommend.seed,
+            progress=progress,
+        )
+        encoder = str(folder)
     item_events = pd.DataFrame(
         {
             "item": interactions.items,
@@ -472,14 +491,15 @@ def _fit_search(
         .select(["user", "item", "event", "timestamp", "query", "seq"])
         .to_pandas()
     )
-    return SearchPipeline(
+    pipeline = SearchPipeline(
         depth=settings.depth,
         dense=settings.dense,
-        encoder=settings.encoder,
+        encoder=encoder,
         spelling=settings.spelling,
         learn_to_rank=settings.learn_to_rank,
         vector_cache=cache_dir() / "vectors",
     ).fit(items, labels, item_events, clicks)
+    return pipeline, adaptation
 
 
 def _tune_cooccurrence(
