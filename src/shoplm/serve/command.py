@@ -55,7 +55,10 @@ def serve(
             err=True,
         )
     app = create_app(engine, data_dir or Path(engine) / "live", settings)
-    typer.echo(f"serving {app.state.live.version} on http://{host}:{port} — storefront /, dashboard /dashboard, API schema /openapi.json")
+    typer.echo(
+        f"serving {app.state.live.version} on http://{host}:{port} "
+        "(storefront /, dashboard /dashboard, API schema /openapi.json)"
+    )
     # uvicorn's access log prints paths and query strings, which carry user ids and search
     # text; the app logs each request itself, by route template. httptools and uvloop are
     # uvicorn's C parser and event loop (its "standard" choice).
