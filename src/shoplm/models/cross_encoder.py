@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from shoplm.models.encoders import minilm_path
+from shoplm.models.encoders import export_bert_onnx, minilm_path
 from shoplm.models.finetune import check_pairs, cpu_seconds, mine_hard_negatives
 
 ONNX_NAME = "reranker-int8.onnx"
@@ -420,7 +420,6 @@ def export_cross_encoder_onnx(model_dir: Path, path: Path) -> Path:
     with per-channel weight scales.
     """
     import torch
-    from onnxruntime.quantization import QuantType, quantize_dynamic
     from transformers import AutoModelForSequenceClassification
 
     class _Score(torch.nn.Module):
@@ -439,25 +438,4 @@ def export_cross_encoder_onnx(model_dir: Path, path: Path) -> Path:
             ).logits[:, 0]
 
     wrapper = _Score(AutoModelForSequenceClassification.from_pretrained(str(model_dir))).eval()
-    example = {
-        name: torch.ones((2, 8), dtype=torch.int64)
-        for name in ("input_ids", "attention_mask", "token_type_ids")
-    }
-    axes = {0: "batch", 1: "tokens"}
-    with tempfile.TemporaryDirectory() as tmp:
-        fp32 = Path(tmp) / "reranker-fp32.onnx"
-        with torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(
-                wrapper,
-                (),
-                str(fp32),
-                kwargs=example,
-                input_names=list(example),
-                output_names=["score"],
-                dynamic_axes={**{name: axes for name in example}, "score": {0: "batch"}},
-                opset_version=17,
-                dynamo=False,
-            )
-        quantize_dynamic(str(fp32), str(path), per_channel=True, weight_type=QuantType.QInt8)
-    return path
+    return export_bert_onnx(wrapper, path, "score")

@@ -229,16 +229,24 @@ def export_minilm_onnx(path: Path, quantize: bool = True, model_dir: Path | None
             mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
             return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
 
+    wrapper = _MeanPooled(AutoModel.from_pretrained(str(model_dir or minilm_path()))).eval()
+    return export_bert_onnx(wrapper, path, "embedding", quantize)
+
+
+def export_bert_onnx(wrapper: object, path: Path, output_name: str, quantize: bool = True) -> Path:
+    """Export a BERT-shaped module taking ``input_ids, attention_mask, token_type_ids``
+    (batch x tokens, both axes dynamic) to ONNX at ``path``; int8 if ``quantize``."""
+    import torch
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    wrapper = _MeanPooled(AutoModel.from_pretrained(str(model_dir or minilm_path()))).eval()
     example = {
         name: torch.ones((2, 8), dtype=torch.int64)
         for name in ("input_ids", "attention_mask", "token_type_ids")
     }
     axes = {0: "batch", 1: "tokens"}
     with tempfile.TemporaryDirectory() as tmp:
-        fp32 = Path(tmp) / "minilm-fp32.onnx"
+        fp32 = Path(tmp) / "model-fp32.onnx"
         # The legacy exporter warns about itself and about traced Python branches of the
         # attention code; neither concerns a fixed BERT graph with dynamic axes.
         with torch.no_grad(), warnings.catch_warnings():
@@ -249,8 +257,8 @@ def export_minilm_onnx(path: Path, quantize: bool = True, model_dir: Path | None
                 str(fp32),
                 kwargs=example,
                 input_names=list(example),
-                output_names=["embedding"],
-                dynamic_axes={**{name: axes for name in example}, "embedding": {0: "batch"}},
+                output_names=[output_name],
+                dynamic_axes={**{name: axes for name in example}, output_name: {0: "batch"}},
                 opset_version=17,
                 dynamo=False,
             )
