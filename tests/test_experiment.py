@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import shared_data_or_skip
 from scipy import stats
 from typer.testing import CliRunner
 
@@ -345,6 +346,7 @@ def test_report_command_prints_and_writes_json_and_svg(tmp_path: Path) -> None:
 # ---------------------------------------------------------------------- replay
 @pytest.fixture(scope="module")
 def demo_simulator() -> ReplaySimulator:
+    shared_data_or_skip()
     data = load_replay_data("demo")
     variants = [
         recommender_variant(PopularityRecommender().fit(data.train)),

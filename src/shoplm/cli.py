@@ -204,7 +204,11 @@ def demo(
     """Build the demo shop (UCI Online Retail, CC BY 4.0) and show a few answers."""
     from shoplm.data.demo import write_demo_shop
 
-    shop = write_demo_shop(out / "input")
+    try:
+        shop = write_demo_shop(out / "input")
+    except FileNotFoundError as exc:
+        console.print(f"[red]error:[/red] the demo shop's log: {exc}")
+        raise typer.Exit(2) from None
     for reason, n in shop.skipped.items():
         console.print(f"demo input: skipped {n} {reason}")
     with _user_errors():

@@ -1,21 +1,19 @@
 """The demo shop: the UCI Online Retail log turned into a catalogue and an event log.
 
 UCI Online Retail (Chen, Sain & Guo, 2012; CC BY 4.0) is one real UK gift-ware shop's
-transactions from 2010-12 to 2011-12. It ships inside the package (see
-``shoplm/demo/ATTRIBUTION.md``). This module writes it out in shoplm's default column
-names, so the demo goes through exactly the path a user's own files take.
+transactions from 2010-12 to 2011-12. It is read from the shared data folder
+(``online-retail-uci/``, see :func:`shoplm.eval.datasets.shared_data_dir`), never copied
+into the repository. This module writes it out in shoplm's default column names, so the
+demo goes through exactly the path a user's own files take.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from importlib.resources import files
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-
-DEMO_LOG = Path(str(files("shoplm") / "demo" / "online_retail.parquet"))
 
 #: Stock codes that are charges, fees or manual adjustments, not products.
 SERVICE_CODES = frozenset(
@@ -31,9 +29,14 @@ class DemoShop:
     skipped: dict[str, int]
 
 
-def write_demo_shop(out_dir: Path, source: Path = DEMO_LOG) -> DemoShop:
-    """Write ``catalog.parquet`` and ``events.parquet`` for the demo shop into ``out_dir``."""
-    log = pd.read_parquet(source)
+def write_demo_shop(out_dir: Path, source: Path | None = None) -> DemoShop:
+    """Write ``catalog.parquet`` and ``events.parquet`` for the demo shop into ``out_dir``.
+
+    ``source`` defaults to the shared data folder's copy of the log.
+    """
+    from shoplm.eval.datasets import online_retail_path
+
+    log = pd.read_parquet(source or online_retail_path())
     out_dir.mkdir(parents=True, exist_ok=True)
     service = log["StockCode"].isin(SERVICE_CODES).to_numpy()
     cancelled = log["InvoiceNo"].str.startswith("C").to_numpy()

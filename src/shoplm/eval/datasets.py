@@ -121,6 +121,11 @@ def _read_user_sequences(path: Path) -> tuple[np.ndarray, Sequences, np.ndarray]
     return flat[starts], Sequences(indptr, codes), np.asarray(item_ids, dtype=object)
 
 
+def online_retail_path() -> Path:
+    """UCI Online Retail (CC BY 4.0) in the shared data folder: the demo shop and OR."""
+    return shared_data_dir() / "online-retail-uci" / "online_retail.parquet"
+
+
 def load_online_retail_or() -> SeqRecDataset:
     """UCI Online Retail as UniSRec's "OR" dataset (16,520 users, 3,469 items, 519,906 events).
 
@@ -132,7 +137,7 @@ def load_online_retail_or() -> SeqRecDataset:
     first description in the file, lower-cased, with a final ``.``.
     """
     df = pd.read_parquet(
-        shared_data_dir() / "online-retail-uci" / "online_retail.parquet",
+        online_retail_path(),
         columns=["InvoiceNo", "StockCode", "Description", "Quantity", "InvoiceDate"],
     )
     df = df[df["Description"].notna() & (df["Description"].str.strip() != "")]

@@ -30,9 +30,14 @@ from typing import Self
 import numpy as np
 import pandas as pd
 
-from shoplm.data.demo import DEMO_LOG, SERVICE_CODES
+from shoplm.data.demo import SERVICE_CODES
 from shoplm.data.interactions import Interactions, Sequences
-from shoplm.eval.datasets import SeqRecDataset, load_online_retail_or, load_seqrec
+from shoplm.eval.datasets import (
+    SeqRecDataset,
+    load_online_retail_or,
+    load_seqrec,
+    online_retail_path,
+)
 from shoplm.experiment.assignment import assign
 from shoplm.experiment.config import ExperimentConfig
 from shoplm.experiment.log import Attribution, attribute
@@ -63,7 +68,7 @@ class ReplayData:
 
 
 def load_replay_data(name: str) -> ReplayData:
-    """``demo`` (bundled Online Retail, an invoice is a user), or a research dataset."""
+    """``demo`` (Online Retail from the shared data, an invoice is a user), or another dataset."""
     if name == "demo":
         return _demo_data()
     if name == "or":
@@ -280,8 +285,8 @@ def _held_out(dataset: SeqRecDataset, order_values: np.ndarray | None) -> Replay
 
 
 def _demo_data() -> ReplayData:
-    """The bundled Online Retail log: each invoice a user, its lines in file order."""
-    log = pd.read_parquet(DEMO_LOG)
+    """The Online Retail log: each invoice a user, its lines in file order."""
+    log = pd.read_parquet(online_retail_path())
     sale = (
         ~log["StockCode"].isin(SERVICE_CODES)
         & ~log["InvoiceNo"].str.startswith("C")
