@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -41,3 +42,10 @@ def shared_data_or_skip() -> Path:
         return shared_data_dir()
     except FileNotFoundError as exc:
         pytest.skip(f"research data not available: {exc}")
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on right now, for a test server."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]

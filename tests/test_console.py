@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -21,6 +20,7 @@ import httpx
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import free_port
 from fastapi.testclient import TestClient
 
 from shoplm import store
@@ -284,16 +284,10 @@ uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[3]), access_log=False, log_
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @pytest.fixture
 def server(engine_root: Path, tmp_path: Path) -> Iterator[str]:
     """The real service on a loopback port; stopped by its pid whatever the test does."""
-    port = _free_port()
+    port = free_port()
     log = open(tmp_path / "server.log", "wb")  # noqa: SIM115 - closed below
     process = subprocess.Popen(
         [sys.executable, "-c", SERVER, str(engine_root), str(tmp_path / "live"), str(port)],

@@ -11,7 +11,6 @@ import contextlib
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -23,6 +22,7 @@ import httpx
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import free_port
 from typer.testing import CliRunner
 
 from shoplm.config import ShoplmConfig
@@ -322,16 +322,10 @@ def test_events_are_counted_in_the_service_log_read_only(tmp_path):
 
 
 # ---------------------------------------------------------------------- under load
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @pytest.fixture
 def service(root: Path, tmp_path: Path) -> Iterator[str]:
     """``shoplm serve`` on a loopback port over ``root``; stopped by its pid."""
-    port = _free_port()
+    port = free_port()
     log_path = tmp_path / "server.log"
     command = [sys.executable, "-m", "shoplm.serve", "--engine", str(root)]
     command += ["--port", str(port), "--data-dir", str(tmp_path / "live")]

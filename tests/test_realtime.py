@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -16,9 +15,10 @@ import httpx
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import free_port
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_serve import CATALOG, EVENTS
+from sample_shop import CATALOG, EVENTS
 
 from shoplm.config import SearchConfig, ShoplmConfig
 from shoplm.data.events import DuplicateFinder, normalise_events
@@ -128,12 +128,6 @@ def engine_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root / "engine"
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def _start_server(engine_dir: Path, data_dir: Path, port: int, log: Path) -> subprocess.Popen:
     env = {**os.environ, "SHOPLM_API_KEYS": "crash-key"}
     command = [sys.executable, "-m", "shoplm.serve", "--engine", str(engine_dir)]
@@ -153,7 +147,7 @@ def _start_server(engine_dir: Path, data_dir: Path, port: int, log: Path) -> sub
 
 
 def test_every_acknowledged_event_survives_a_kill_exactly_once(engine_dir, tmp_path):
-    port, data_dir, server_log = _free_port(), tmp_path / "live", tmp_path / "server.log"
+    port, data_dir, server_log = free_port(), tmp_path / "live", tmp_path / "server.log"
     server = _start_server(engine_dir, data_dir, port, server_log)
     acknowledged: list[str] = []
     sent: list[str] = []

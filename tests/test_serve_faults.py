@@ -20,11 +20,11 @@ import httpx
 import pandas as pd
 import pytest
 import schemathesis
+from conftest import free_port
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
+from sample_shop import CATALOG, EVENTS
 from schemathesis.checks import not_a_server_error
-from test_realtime import _free_port
-from test_serve import CATALOG, EVENTS
 
 from shoplm.config import SearchConfig, ShoplmConfig
 from shoplm.engine import Engine
@@ -242,7 +242,7 @@ def _build_next(shop: Path, engine_dir: Path, title: str) -> Path:
 
 
 def _start(engine_dir: Path, data_dir: Path, log: Path) -> tuple[subprocess.Popen, str]:
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "SHOPLM_API_KEYS": KEY, "SHOPLM_ADMIN_KEYS": ADMIN}
     command = [sys.executable, "-m", "shoplm.serve", "--engine", str(engine_dir)]
     command += ["--port", str(port), "--data-dir", str(data_dir)]
