@@ -95,3 +95,16 @@ def test_beats_popularity_on_scientific() -> None:
         ]
     }
     assert results["als"]["ndcg@10"] > 2 * results["popularity"]["ndcg@10"]
+
+
+def test_live_fold_in_agrees_with_implicits_batch_solver() -> None:
+    # short histories take the Woodbury path, one as long as the factor count the direct
+    # solve; batches above the numpy limit go to implicit's solver
+    model = ALSRecommender(factors=8, regularization=2.0, alpha=20.0, num_threads=1)
+    model.fit(block_events())
+    rows = [[3, 7, 3], [], [29], list(range(12)), [1, 2]]
+    histories = Sequences.from_lists(rows)
+    live = model.user_factors(histories)
+    batch = model.user_factors(Sequences.from_lists(rows * 4))[: len(rows)]
+    np.testing.assert_allclose(live, batch, rtol=1e-4, atol=1e-5)
+    assert not live[1].any()

@@ -176,3 +176,25 @@ def test_partial_fit_on_a_new_model_is_fit() -> None:
     grown = CooccurrenceRecommender(window=2).partial_fit(events)
     assert (fitted.counts_ != grown.counts_).nnz == 0
     assert (fitted.neighbours_ != grown.neighbours_).nnz == 0
+
+
+def test_gathered_scores_and_contributions_match_the_sparse_product() -> None:
+    model = CooccurrenceRecommender(window=3, max_neighbours=5).fit(
+        random_events(3, 4_000, 200, 60)
+    )
+    rng = np.random.default_rng(1)
+    rows = [rng.integers(0, 60, size).tolist() for size in rng.integers(0, 12, 100)]
+    batch = Sequences.from_lists(rows)  # above the gather limit: one sparse product
+    live = np.concatenate([model.score(batch[np.arange(i, i + 1)]) for i in range(100)])
+    np.testing.assert_allclose(live, model.score(batch), rtol=1e-5, atol=1e-7)
+
+    terms = model.contributions(batch[np.arange(5)])
+    candidates = np.argmax(model.score(batch[np.arange(5)]), axis=1)
+    sources = terms.strongest_sources(np.arange(5), candidates)
+    for row, (candidate, source) in enumerate(zip(candidates, sources, strict=True)):
+        mine = (terms.rows == row) & (terms.candidates == candidate)
+        if mine.any():
+            assert source == terms.sources[mine][np.argmax(terms.values[mine])]
+            assert source in rows[row]
+        else:
+            assert source == -1

@@ -126,3 +126,25 @@ def test_item_text_joins_non_empty_fields() -> None:
     texts = item_texts(ENGLISH, ("title", "brand", "missing"))
     assert texts[0] == "Cordless drill driver 18V. Makita"
     assert texts[2] == "Stainless steel kitchen sink"
+
+
+class CountingEncoder(encoders.TextEncoder):
+    name, dim = "counting", 2
+
+    def __init__(self) -> None:
+        self.seen: list[str] = []
+
+    def _encode_batch(self, texts: list[str]) -> np.ndarray:
+        self.seen += texts
+        return np.array([[len(t), 1.0] for t in texts], dtype=np.float32)
+
+
+def test_query_vector_cache_encodes_each_text_once_and_forgets_the_oldest() -> None:
+    inner = CountingEncoder()
+    cached = encoders.CachedQueryEncoder(inner, size=2)
+    first = cached.encode(["drill", "hose"])
+    np.testing.assert_allclose(cached.encode(["hose", "drill"]), first[::-1])
+    assert sorted(inner.seen) == ["drill", "hose"]
+    cached.encode(["saw"])  # "hose" was used longest ago: forgotten now
+    cached.encode(["drill", "hose"])
+    assert sorted(inner.seen) == ["drill", "hose", "hose", "saw"]

@@ -139,3 +139,13 @@ def test_rejects_catalogue_without_text() -> None:
     items = catalogue([{"title": ""}, {"title": ""}])
     with pytest.raises(ValueError, match="no non-empty text field"):
         LexicalRetriever().fit(items)
+
+
+def test_a_few_queries_score_as_a_large_batch_does(tools: pd.DataFrame) -> None:
+    model = LexicalRetriever().fit(tools)
+    queries = ["cordless drill", "makita", "garden gloves red", "nothing matches", ""] * 4
+    one_by_one = np.concatenate([next(model.score_blocks([q]))[1] for q in queries])
+    together = np.concatenate([block for _, block in model.score_blocks(queries)])
+    np.testing.assert_array_equal(np.isfinite(one_by_one), np.isfinite(together))
+    matched = np.isfinite(together)
+    np.testing.assert_allclose(one_by_one[matched], together[matched], rtol=1e-6)

@@ -34,6 +34,8 @@ from shoplm.recommend.cooccurrence import history_matrix
 
 _PARAMS_FILE = "als.json"
 _ARRAYS_FILE = "als.npz"
+#: batches up to this many histories fold in through numpy (see ``_fold_in``)
+_NUMPY_MAX_ROWS = 8
 
 
 class ALSRecommender(Recommender):
@@ -124,12 +126,46 @@ class ALSRecommender(Recommender):
                 num_threads=self.num_threads,
             )
         self._solver.item_factors = item_factors
+        factors = item_factors.astype(np.float64)
+        self._gram = factors.T @ factors + self.regularization * np.eye(factors.shape[1])
+        self._gram_inverse = np.linalg.inv(self._gram)
 
     def user_factors(self, histories: Sequences) -> np.ndarray:
-        """Each history's least-squares user factor, float32 (n, factors)."""
+        """Each history's least-squares user factor, float32 (n, factors).
+
+        A few short histories (a live request) are solved here in numpy; batches go to
+        ``implicit``'s threaded solver. Both solve the same system.
+        """
+        if len(histories) <= _NUMPY_MAX_ROWS:
+            return np.stack(
+                [self._fold_in(histories[row]) for row in range(len(histories))]
+            ).reshape(len(histories), -1)
         counts = history_matrix(histories, self.n_items)
         with _one_blas_thread():
             return self._solver.recalculate_user(np.arange(len(histories)), counts)
+
+    def _fold_in(self, history: np.ndarray) -> np.ndarray:
+        """One user's factor. ``m`` history items change the regularised Gram matrix
+        ``A = Y'Y + λI`` by ``U D U'`` (``U``: their factors, ``D``: confidence - 1), so
+        for ``m`` below the factor count the Woodbury identity, with ``A^-1`` kept per
+        model, turns the factors x factors solve into an m x m one (implicit's own solver
+        also pays ~0.3 ms of set-up a call):
+
+            x = (A + U D U')^-1 U c = B (c - (I + D G)^-1 D G c),  B = A^-1 U,  G = U' B
+        """
+        items, counts = np.unique(history, return_counts=True)
+        if not items.size:
+            return np.zeros(self.item_factors_.shape[1], dtype=np.float32)
+        confidence = self.alpha * counts.astype(np.float64)
+        factors = self.item_factors_[items].astype(np.float64)  # U' (m, f)
+        if items.size >= factors.shape[1]:
+            system = self._gram + factors.T @ ((confidence - 1.0)[:, None] * factors)
+            return np.linalg.solve(system, factors.T @ confidence).astype(np.float32)
+        spread = self._gram_inverse @ factors.T  # B (f, m)
+        gram = factors @ spread  # G (m, m)
+        boost = (confidence - 1.0)[:, None] * gram  # D G
+        correction = np.linalg.solve(np.eye(items.size) + boost, boost @ confidence)
+        return (spread @ (confidence - correction)).astype(np.float32)
 
     def score(self, histories: Sequences) -> np.ndarray:
         """Dot products of the folded-in user factors with every item factor.

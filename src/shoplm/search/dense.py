@@ -25,7 +25,7 @@ import pandas as pd
 
 from shoplm.models.encoders import (
     FINETUNED_MANIFEST,
-    TextEncoder,
+    CachedQueryEncoder,
     cached_minilm_onnx,
     finetuned_manifest,
     finetuned_onnx_path,
@@ -134,7 +134,7 @@ class DenseRetriever(Retriever):
             self.onnx_path_ = finetuned_onnx_path(self._model_dir)
         else:
             self.onnx_path_ = cached_minilm_onnx() if primary == "minilm" else None
-        self._query_encoders: dict[str, TextEncoder] = {}
+        self._query_encoders: dict[str, CachedQueryEncoder] = {}
         return self
 
     def _finetuned_dir(self) -> Path | None:
@@ -203,12 +203,14 @@ class DenseRetriever(Retriever):
         graph.hnsw.efSearch = self.hnsw_ef_search
         return graph
 
-    def _query_encoder(self, name: str) -> TextEncoder:
+    def _query_encoder(self, name: str) -> CachedQueryEncoder:
         if name not in self._query_encoders:
-            self._query_encoders[name] = load_encoder(
-                "minilm-onnx" if name == "minilm" else name,
-                threads=self.threads or 1,
-                onnx_path=self.onnx_path_,
+            self._query_encoders[name] = CachedQueryEncoder(
+                load_encoder(
+                    "minilm-onnx" if name == "minilm" else name,
+                    threads=self.threads or 1,
+                    onnx_path=self.onnx_path_,
+                )
             )
         return self._query_encoders[name]
 
