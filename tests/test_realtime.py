@@ -284,3 +284,40 @@ def test_posted_events_get_the_event_file_verdict(records):
             strict=True,
         )
     ]
+
+
+def test_stored_events_reach_everyones_bought_together_without_a_rebuild(engine_dir, tmp_path):
+    from shoplm.serve.live import LiveEngine
+
+    def together_with_saw(live: LiveEngine) -> list[str]:
+        saw = int(live.catalog.ids.get_loc("saw-1"))
+        ids, _ = live.engine.cooccurrence.similar_items(np.array([saw]), 4)
+        return live.engine.item_ids(ids[0][ids[0] >= 0])
+
+    log = tmp_path / "events.db"
+    live = LiveEngine.open(engine_dir, log, fold_interval=0.05)
+    try:
+        assert "bulb-1" not in together_with_saw(live)  # never bought together at build
+        live.ingest(
+            [
+                {"user_id": "erin", "item_id": "saw-1", "event": "purchase"},
+                {"user_id": "erin", "item_id": "bulb-1", "event": "purchase"},
+            ]
+        )
+        deadline = time.monotonic() + 10
+        while live.served.counts.folded < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert "bulb-1" in together_with_saw(live)
+        # a shopper the engine never saw, who just looked at the saw, is offered the bulb
+        live.ingest([{"user_id": "frank-new", "item_id": "saw-1", "event": "view"}])
+        answer = live.recommend("frank-new", 5)
+        assert "bulb-1" in answer.ids
+        bulb = answer.ids.index("bulb-1")
+        assert answer.reasons[bulb] == "bought together with Circular Saw"
+    finally:
+        live.close()
+    restarted = LiveEngine.open(engine_dir, log)  # the log is replayed into fresh counts
+    try:
+        assert "bulb-1" in together_with_saw(restarted)
+    finally:
+        restarted.close()

@@ -331,11 +331,12 @@ class CooccurrenceRecommender(Recommender):
         from the neighbour rows of each history's distinct items."""
         rows, sources, weights = history_weights(histories, self.n_items, self.recency_decay)
         source_scale, candidate_scale = self._scales()
-        entries, lengths = row_entries(self.neighbours_.indptr, sources)
-        candidates = self.neighbours_.indices[entries].astype(np.int64)
+        neighbours = self.neighbours_  # once: partial_fit may swap in a new matrix meanwhile
+        entries, lengths = row_entries(neighbours.indptr, sources)
+        candidates = neighbours.indices[entries].astype(np.int64)
         values = (
             np.repeat(weights * source_scale[sources], lengths)
-            * self.neighbours_.data[entries]
+            * neighbours.data[entries]
             * candidate_scale[candidates]
         )
         return Contributions(

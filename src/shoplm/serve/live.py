@@ -28,6 +28,7 @@ import pandas as pd
 
 from shoplm.data.interactions import Sequences
 from shoplm.engine import Engine, forget_user
+from shoplm.realtime.counts import LiveCooccurrence
 from shoplm.realtime.event_log import EventLog
 from shoplm.realtime.intake import CheckedEvents, EventValidator
 from shoplm.realtime.items import LiveCatalog
@@ -129,6 +130,8 @@ class _Served:
     catalog: LiveCatalog
     sessions: SessionStore
     validator: EventValidator
+    #: stored events folded into the engine's co-occurrence counts every second or so
+    counts: LiveCooccurrence
     arms: dict[ArmSpec, _Arm] = field(default_factory=dict)
 
     @property
@@ -161,10 +164,13 @@ class LiveEngine:
         log: EventLog,
         session_items: int = 50,
         arms: Sequence[ArmSpec] = (),
+        fold_interval: float = 1.0,
     ) -> None:
         self.engine_dir = Path(engine_dir)
         self.log = log
         self.session_items = session_items
+        #: seconds between folds of stored events into the co-occurrence counts
+        self.fold_interval = fold_interval
         #: variants served next to the default answer (experiments); built per snapshot
         self.arm_specs = [spec for spec in dict.fromkeys(arms) if not spec.is_default]
         #: called by the committer with each commit's new rows (``EVENT_COLUMNS`` order)
@@ -198,6 +204,7 @@ class LiveEngine:
         session_items: int = 50,
         max_log_bytes: int | None = None,
         arms: Sequence[ArmSpec] = (),
+        fold_interval: float = 1.0,
     ) -> LiveEngine:
         """Load the engine and replay the log: catalogue edits first, then recent items.
 
@@ -205,7 +212,8 @@ class LiveEngine:
         so a variant is served without a load on the request path.
         """
         engine = Engine.load(engine_dir)
-        live = cls(engine_dir, EventLog(log_path, max_log_bytes), session_items, arms)
+        log = EventLog(log_path, max_log_bytes)
+        live = cls(engine_dir, log, session_items, arms, fold_interval)
         live._served = live._serve(engine)
         live._committer.start()
         return live
@@ -217,6 +225,8 @@ class LiveEngine:
             self._queue_ready.notify()
         if self._committer.is_alive():
             self._committer.join()
+        if self._served is not None:
+            self._served.counts.stop()
         self.log.close()
 
     @property
@@ -270,7 +280,9 @@ class LiveEngine:
             engine.search_page("shoplm reload probe", k=1)
             engine.feed.recommend(Sequences.from_lists([_NO_HISTORY]), 1)
             with self._write_lock, self._commit_lock:
-                self._served = self._serve(engine)
+                retired, self._served = self._served, self._serve(engine)
+            if retired is not None:
+                retired.counts.stop()
             return self.version
 
     def _serve(self, engine: Engine) -> _Served:
@@ -286,10 +298,22 @@ class LiveEngine:
         )
         if len(past):
             self.newest_event_ns = max(self.newest_event_ns, int(past["timestamp"].max()))
+        # events newer than the build are not in its counts yet
+        counts = LiveCooccurrence(engine.cooccurrence, engine.history_users, self.fold_interval)
+        built_ns = pd.Timestamp(engine.manifest["created_at"]).value
+        since = (past["timestamp"] >= built_ns).to_numpy()
+        counts.add(
+            past["user"].to_numpy(dtype=object)[since],
+            catalog.ids.get_indexer(past["item"].fillna(""))[since],
+            past["event"].to_numpy(dtype=object)[since],
+            past["timestamp"].to_numpy(dtype=np.int64)[since],
+        )
+        counts.fold()
+        counts.start()
         # posted events use shoplm's own field names, whatever the shop's file columns are
         validator = EventValidator(engine.config.events.event_names, engine.pseudonymiser)
         arms = {spec: self._arm(spec, engine, catalog) for spec in self.arm_specs}
-        return _Served(engine, catalog, sessions, validator, arms)
+        return _Served(engine, catalog, sessions, validator, counts, arms)
 
     def _arm(self, spec: ArmSpec, served: Engine, catalog: LiveCatalog) -> _Arm:
         """``spec`` on the served engine, or on its own version mapped to the live catalogue."""
@@ -531,10 +555,11 @@ class LiveEngine:
         if any(ticket.served is not served for ticket in batch):
             # a reload swapped engines since validation: internal item ids changed
             items = served.catalog.ids.get_indexer([row[2] or "" for row in stored_rows])
-        served.sessions.add(
-            np.array([row[1] for row in stored_rows], dtype=object),
-            items,
-            np.array([row[3] for row in stored_rows], dtype=object),
+        users = np.array([row[1] for row in stored_rows], dtype=object)
+        events = np.array([row[3] for row in stored_rows], dtype=object)
+        served.sessions.add(users, items, events)
+        served.counts.add(
+            users, items, events, np.array([row[4] for row in stored_rows], dtype=np.int64)
         )
         if stored_rows:
             self.newest_event_ns = max(self.newest_event_ns, max(r[4] for r in stored_rows))
