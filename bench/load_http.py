@@ -69,16 +69,33 @@ def _demo_engine(work: Path, dense: bool) -> tuple[Path, list[str]]:
     return work / "engine", [str(u) for u in users]
 
 
-def _workload(engine_dir: Path, users: list[str], n: int, seed: int) -> dict[str, list[dict]]:
-    """Requests per route: method, path and body, drawn from the engine's own catalogue."""
+def _workload(
+    engine_dir: Path, users: list[str], n: int, seed: int, distinct: bool = False
+) -> dict[str, list[dict]]:
+    """Requests per route: method, path and body, drawn from the engine's own catalogue.
+
+    Search queries are a title's first two words, so head queries repeat as in a shop's
+    log; ``distinct`` makes every query new instead (two words of one title and one of
+    another, deduplicated), which no cache of the service can answer.
+    """
     from shoplm.engine import Engine
 
     rng = np.random.default_rng(seed)
     items = Engine.load(engine_dir).items
     titles = items["title"].fillna("").astype(str).to_numpy()
     titles = titles[titles != ""]
-    words = [t.lower().split()[:2] for t in rng.choice(titles, n)]
-    queries = [quote(" ".join(w)) for w in words if w]
+    if distinct:
+        words = [t.lower().split() for t in rng.choice(titles, 2 * n)]
+        others = [t.lower().split() for t in rng.choice(titles, 2 * n)]
+        made = (
+            [*rng.choice(w, min(2, len(w)), replace=False).tolist(), str(rng.choice(o))]
+            for w, o in zip(words, others, strict=True)
+            if w and o
+        )
+        queries = [quote(q) for q in dict.fromkeys(" ".join(w) for w in made)][:n]
+    else:
+        words = [t.lower().split()[:2] for t in rng.choice(titles, n)]
+        queries = [quote(" ".join(w)) for w in words if w]
     item_ids = items["item_id"].astype(str).to_numpy()
     picked_users = rng.choice(np.asarray(users, dtype=object), n)
     picked_items = rng.choice(item_ids, n)
@@ -270,6 +287,12 @@ def main() -> None:
         "--concurrency", type=int, nargs="+", default=list(CONCURRENCY), help="connections"
     )
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--requests", type=int, default=2_000, help="distinct requests per route (cycled)"
+    )
+    parser.add_argument(
+        "--distinct-queries", action="store_true", help="every search query new (no repeats)"
+    )
     parser.add_argument("--out", type=Path, default=Path("bench/results/load_http.json"))
     parser.add_argument("--client", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -297,7 +320,7 @@ def main() -> None:
             )
         if not users:
             parser.error("no user ids to ask recommendations for")
-        workload = _workload(engine, users, 2_000, args.seed)
+        workload = _workload(engine, users, args.requests, args.seed, args.distinct_queries)
         port = _free_port()
         server = _start_server(engine, work / "live", port, work / "server.log")
         url = f"http://127.0.0.1:{port}"
@@ -334,6 +357,8 @@ def main() -> None:
     report = {
         "generator": generator,
         "seconds_per_cell": args.seconds,
+        "requests_per_route": args.requests,
+        "distinct_queries": args.distinct_queries,
         "engine": str(args.engine or "demo shop (UCI Online Retail)"),
         "lexical_only": args.lexical_only,
         "machine": {

@@ -80,7 +80,9 @@ class TextEncoder(ABC):
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
         order = np.argsort([len(t) for t in texts], kind="stable")
         starts = range(0, len(texts), batch_size)
-        for start in tqdm(starts, desc=f"encode ({self.name})", disable=not show_progress):
+        if show_progress:  # a disabled bar still costs ~0.1 ms, a tenth of a query's encoding
+            starts = tqdm(starts, desc=f"encode ({self.name})")
+        for start in starts:
             rows = order[start : start + batch_size]
             out[rows] = self._encode_batch([texts[i] for i in rows])
         norms = np.linalg.norm(out, axis=1, keepdims=True)
