@@ -7,6 +7,10 @@ items drawn with a fixed seed from the engine's own histories, after ``--warmup`
 A tenth of the users are ids the engine never saw (the cold-start answer path). Reported:
 p50 / p99 / max in milliseconds, the process CPU time per request, and the 1-minute load
 average, because on a shared host wall time moves with other jobs and CPU time much less.
+When the engine holds the feed's learned ranker, the same users are also asked with the
+ranker detached (exactly the build without it), interleaved request by request with asks
+that keep it, in an order drawn per user (``ranker_pair``: each arm's p50 / p99 and its own
+thread CPU per request), so that the two see the same load however it drifts.
 
     python bench/recommend_latency.py --engine /tmp/shoplm-eval/beauty/engine \\
         --users /tmp/shoplm-eval/beauty/input/events.csv --out bench/results/rec_latency.json
@@ -49,6 +53,46 @@ def timed(call: Callable[[object], object], keys: list[str], warmup: int) -> dic
     }
 
 
+def timed_pair(
+    engine: Engine, keys: list[str], k: int, warmup: int, seed: int
+) -> dict[str, dict[str, float]]:
+    """With and without the feed's ranker, interleaved per request in a seeded order."""
+    ranker = engine.feed.ranker
+    arms = {"with_ranker": ranker, "without_ranker": None}
+    for key in keys[:warmup]:
+        for model in arms.values():
+            engine.feed.ranker = model
+            engine.recommend([key], k)
+    wall = {name: np.empty(len(keys)) for name in arms}
+    cpu = {name: np.empty(len(keys)) for name in arms}
+    flips = np.random.default_rng(seed).random(len(keys)) < 0.5
+    for i, key in enumerate(keys):
+        order = list(arms) if flips[i] else list(arms)[::-1]
+        for name in order:
+            engine.feed.ranker = arms[name]
+            cpu_start, start = time.thread_time(), time.perf_counter()
+            engine.recommend([key], k)
+            wall[name][i] = time.perf_counter() - start
+            cpu[name][i] = time.thread_time() - cpu_start
+    engine.feed.ranker = ranker
+    report = {
+        name: {
+            "p50_ms": float(np.percentile(wall[name] * 1e3, 50)),
+            "p99_ms": float(np.percentile(wall[name] * 1e3, 99)),
+            "max_ms": float(wall[name].max() * 1e3),
+            "cpu_ms_per_request": float(cpu[name].mean() * 1e3),
+        }
+        for name in arms
+    }
+    extra = (cpu["with_ranker"] - cpu["without_ranker"]) * 1e3
+    report["ranker_extra_cpu_ms"] = {
+        "mean": float(extra.mean()),
+        "p50": float(np.percentile(extra, 50)),
+        "load_avg_1m": os.getloadavg()[0],
+    }
+    return report
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--engine", type=Path, required=True)
@@ -72,9 +116,12 @@ def main() -> None:
         "n_users": len(engine.history_users),
         "cpu_count": os.cpu_count(),
         "machine": platform.processor() or platform.machine(),
+        "ranker": engine.feed.ranker is not None,
         "recommend": timed(lambda u: engine.recommend([u], args.k), users.tolist(), args.warmup),
         "similar": timed(lambda i: engine.similar([i], args.k), items.tolist(), args.warmup),
     }
+    if engine.feed.ranker is not None:
+        report["ranker_pair"] = timed_pair(engine, users.tolist(), args.k, args.warmup, args.seed)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=1))
     print(json.dumps(report, indent=1))

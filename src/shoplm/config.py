@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -93,6 +94,18 @@ class RecommendConfig(_Section):
     #: maximal marginal relevance on category in the personal feed: 0 ranks by relevance
     #: alone, 0.3 trades some of it for lists that are not all one category
     diversity: float = Field(default=0.0, ge=0.0, lt=1.0)
+    #: re-order the feed's top candidates with a LightGBM ranker trained on the log's own
+    #: held-out items (``shoplm.recommend.ranker``); the build keeps it only when it beats
+    #: the plain blend on its validation users
+    ranker: bool = True
+    #: "lambdarank" (LambdaMART) or "binary" (cross-entropy on "was it the next item")
+    ranker_objective: Literal["lambdarank", "binary"] = "lambdarank"
+    #: the blend's best items per request that the ranker re-orders
+    ranker_candidates: int = Field(default=100, ge=10, le=1000)
+    #: held-out items per sampled user to learn from (each fold refits the sources once)
+    ranker_folds: int = Field(default=2, ge=1, le=5)
+    #: users sampled (seeded) per fold: bounds the training cost on a large log
+    ranker_users: int = Field(default=20_000, ge=50)
 
 
 class ShoplmConfig(_Section):

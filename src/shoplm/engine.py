@@ -39,6 +39,7 @@ from shoplm.recommend.als import ALSRecommender
 from shoplm.recommend.cooccurrence import CooccurrenceRecommender
 from shoplm.recommend.feed import PersonalFeed, similar_items
 from shoplm.recommend.popularity import PopularityRecommender
+from shoplm.recommend.ranker import FeedRanker
 from shoplm.recommend.tuning import (
     COOCCURRENCE_STAGES,
     GridResult,
@@ -107,6 +108,7 @@ class Engine:
         histories: Sequences,
         config: ShoplmConfig,
         collaborative: ALSRecommender | None = None,
+        ranker: FeedRanker | None = None,
     ) -> None:
         self.path = path
         self.manifest = manifest
@@ -114,21 +116,17 @@ class Engine:
         self.search_pipeline = search_pipeline
         self.recommender = recommender
         self.cooccurrence = cooccurrence
-        # engines built before the field existed have every item available
-        self.available = (
-            items["available"].to_numpy(dtype=bool)
-            if "available" in items
-            else np.ones(len(items), dtype=bool)
-        )
+        self.available, categories = _feed_rules(items)
         self.feed = PersonalFeed(
             cooccurrence,
             recommender,
             items["title"].to_numpy(dtype=object),
             available=self.available,
-            categories=pd.factorize(items["category"].replace("", None))[0],
+            categories=categories,
             diversity=config.recommend.diversity,
             collaborative=collaborative,
             collaborative_weight=manifest.get("feed", {}).get("collaborative_weight", 0.0),
+            ranker=ranker,
         )
         self.history_users = history_users
         self.histories = histories
@@ -214,6 +212,11 @@ class Engine:
             if feed_weight > 0:
                 als = _collaborative_model(config.recommend.seed).fit(interactions)
                 als.save(staging / "recommend" / "als")
+            ranker, ranker_record = _train_ranker(
+                interactions, items, cooccurrence_params, feed_weight, config
+            )
+            if ranker is not None:
+                ranker.save(staging / "recommend" / "ranker")
 
             manifest = {
                 "format_version": FORMAT_VERSION,
@@ -240,11 +243,13 @@ class Engine:
                 "components": {
                     "search": _search_stages(search),
                     "recommend": ["cooccurrence", "popularity"]
-                    + (["als"] if feed_weight > 0 else []),
+                    + (["als"] if feed_weight > 0 else [])
+                    + (["ranker"] if ranker is not None else []),
                 },
-                "feed": {"collaborative_weight": feed_weight},
+                "feed": {"collaborative_weight": feed_weight, "ranker": ranker is not None},
                 "finetune": adaptation,
                 "tuning": tuning,
+                "ranker": ranker_record,
             }
             (staging / store.MANIFEST).write_text(json.dumps(manifest, indent=2), "utf-8")
         except BaseException:
@@ -286,6 +291,8 @@ class Engine:
             cooccurrence = CooccurrenceRecommender.load(part)
             part = version / "recommend" / "als"
             collaborative = ALSRecommender.load(part) if part.exists() else None
+            part = version / "recommend" / "ranker"
+            ranker = FeedRanker.load(part) if part.exists() else None
         except Exception as exc:
             named = getattr(exc, "filename", None) or part
             raise store.EngineNotFoundError(f"{named}: cannot be loaded ({exc})") from exc
@@ -300,6 +307,7 @@ class Engine:
             histories=histories,
             config=config,
             collaborative=collaborative,
+            ranker=ranker,
         )
 
     @staticmethod
@@ -535,6 +543,63 @@ def _tune_collaborative(
         max_seconds=config.recommend.tune_seconds,
     )
     return float(result.params["collaborative_weight"]), _tuning_record(result)
+
+
+def _train_ranker(
+    interactions: Interactions,
+    items: pd.DataFrame,
+    cooccurrence_params: dict[str, object],
+    feed_weight: float,
+    config: ShoplmConfig,
+) -> tuple[FeedRanker | None, dict[str, object]]:
+    """The feed's learned ranker, trained on held-out items with the sources refitted as
+    the build chose them; None (and why) when off, impossible, or no better than the blend
+    on its validation users."""
+    settings = config.recommend
+    if not settings.ranker:
+        return None, {"skipped": "off in config"}
+    available, categories = _feed_rules(items)
+    titles = np.zeros(len(items), dtype=object)  # reasons are never asked for in training
+
+    def make_feed(events: Interactions) -> PersonalFeed:
+        als = _collaborative_model(settings.seed).fit(events) if feed_weight > 0 else None
+        return PersonalFeed(
+            CooccurrenceRecommender(**cooccurrence_params).fit(events),  # type: ignore[arg-type]
+            PopularityRecommender().fit(events),
+            titles,
+            available=available,
+            categories=categories,
+            collaborative=als,
+            collaborative_weight=feed_weight,
+        )
+
+    ranker = FeedRanker(
+        n_candidates=settings.ranker_candidates,
+        objective=settings.ranker_objective,
+        folds=settings.ranker_folds,
+        max_users=settings.ranker_users,
+        seed=settings.seed,
+    )
+    try:
+        ranker.fit(interactions, make_feed)
+    except ValueError as exc:  # too few users or held-out items to learn from
+        return None, {"skipped": str(exc)}
+    record: dict[str, object] = dict(ranker.report_)
+    if not ranker.report_["beats_blend"]:
+        record["skipped"] = "not better than the blend on its validation users at every fold"
+        return None, record
+    return ranker, record
+
+
+def _feed_rules(items: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """Each item's availability and category code (-1: none), as the feed applies them."""
+    # engines built before the field existed have every item available
+    available = (
+        items["available"].to_numpy(dtype=bool)
+        if "available" in items
+        else np.ones(len(items), dtype=bool)
+    )
+    return available, pd.factorize(items["category"].replace("", None))[0]
 
 
 def _no_tuning(config: ShoplmConfig) -> str:

@@ -58,6 +58,17 @@ def recommend(
         Path | None, typer.Option(help="where the input files and engines are built")
     ] = None,
     seeds: Annotated[str, typer.Option(help="comma-separated build seeds")] = "0",
+    ranker: Annotated[
+        bool | None,
+        typer.Option(
+            "--ranker/--no-ranker",
+            help="build with the feed's learned ranker on or off (default: as configured, on); "
+            "with it on, the same engine is also scored without it",
+        ),
+    ] = None,
+    ranker_objective: Annotated[
+        str | None, typer.Option(help="the ranker's objective: lambdarank or binary")
+    ] = None,
 ) -> None:
     """Leave-one-out next-item evaluation of the default build on the public datasets."""
     from shoplm.eval.recommend import DATASETS, evaluate_build, load_dataset
@@ -67,6 +78,11 @@ def recommend(
     if any(name not in DATASETS for name in names):
         console.print(f"[red]error:[/red] --dataset: choose from {', '.join(DATASETS)} or all")
         raise typer.Exit(2)
+    if ranker_objective not in (None, "lambdarank", "binary"):
+        console.print(
+            f"[red]error:[/red] --ranker-objective: lambdarank or binary, got {ranker_objective!r}"
+        )
+        raise typer.Exit(2)
     root = workdir or Path(tempfile.mkdtemp(prefix="shoplm-eval-"))
     try:
         seed_list = [int(s) for s in seeds.split(",")]
@@ -74,7 +90,13 @@ def recommend(
         console.print(f"[red]error:[/red] --seeds: expected integers like 0,1,2, got {seeds!r}")
         raise typer.Exit(2) from None
     rows = [
-        evaluate_build(load_dataset(name), root / f"{name}-seed{seed}", seed=seed)
+        evaluate_build(
+            load_dataset(name),
+            root / f"{name}-seed{seed}",
+            seed=seed,
+            ranker=ranker,
+            ranker_objective=ranker_objective,
+        )
         for name in names
         for seed in seed_list
     ]
@@ -92,4 +114,17 @@ def recommend(
             str(row["build_seconds"]),
         )
     console.print(table)
+    for row in rows:
+        if "delta_ndcg@10" in row:
+            plain, delta, trained = row["without_ranker"], row["delta_ndcg@10"], row["ranker"]
+            console.print(
+                f"{row['dataset']} seed {row['seed']}: without the ranker R@10 "
+                f"{plain['recall@10']:.4f} N@10 {plain['ndcg@10']:.4f}; per-user ΔNDCG@10 "
+                f"{delta['mean']:+.4f} (95% CI {delta['ci95'][0]:+.4f} to "
+                f"{delta['ci95'][1]:+.4f}); ranker {trained['objective']}, "
+                f"{trained['training_queries']} queries, {trained['trees']} trees, "
+                f"{trained['seconds']} s"
+            )
+        elif "ranker" in row:
+            console.print(f"{row['dataset']} seed {row['seed']}: no ranker ({row['ranker']})")
     console.print(f"written to {out}")

@@ -1,4 +1,5 @@
-"""LambdaMART (LightGBM's lambdarank objective) over candidate features.
+"""LambdaMART (LightGBM's lambdarank objective) over candidate features, or the same trees
+trained by binary cross-entropy (``objective="binary"``: each candidate labelled on its own).
 
 LightGBM was chosen because it is the reference LambdaMART implementation, trains on
 hundreds of thousands of (query, candidate) rows in seconds on two cores, and predicts a
@@ -14,12 +15,17 @@ from typing import Self
 import lightgbm as lgb
 import numpy as np
 
+OBJECTIVES: tuple[str, ...] = ("lambdarank", "binary")
+
 
 class LambdaMARTRanker:
     """Learns to order each query's candidates from graded labels (ints, higher = better).
 
     Training rows are grouped by query (``group`` = candidates per query, in row order). A
     validation set, when given, chooses the number of trees by early stopping on NDCG@10.
+    ``objective`` is ``"lambdarank"`` (LambdaMART: pairs within a query, NDCG-weighted) or
+    ``"binary"`` (cross-entropy per row; labels must then be 0 or 1, groups are used only by
+    the NDCG that early stopping reads).
     """
 
     def __init__(
@@ -32,6 +38,7 @@ class LambdaMARTRanker:
         early_stopping_rounds: int = 50,
         seed: int = 0,
         threads: int = 2,
+        objective: str = "lambdarank",
     ) -> None:
         self.n_estimators = n_estimators
         self.learning_rate = learning_rate
@@ -41,6 +48,7 @@ class LambdaMARTRanker:
         self.early_stopping_rounds = early_stopping_rounds
         self.seed = seed
         self.threads = threads
+        self.objective = objective
 
     def get_params(self) -> dict[str, object]:
         return {
@@ -52,7 +60,20 @@ class LambdaMARTRanker:
             "early_stopping_rounds": self.early_stopping_rounds,
             "seed": self.seed,
             "threads": self.threads,
+            "objective": self.objective,
         }
+
+    def _check_params(self, labels: np.ndarray) -> None:
+        if self.objective not in OBJECTIVES:
+            raise ValueError(
+                f"objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}"
+            )
+        if self.n_estimators < 1:
+            raise ValueError(f"n_estimators must be >= 1, got {self.n_estimators}")
+        if not self.learning_rate > 0:
+            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
+        if self.objective == "binary" and labels.size and not np.isin(labels, (0, 1)).all():
+            raise ValueError("objective 'binary' needs labels of 0 and 1")
 
     def fit(
         self,
@@ -62,8 +83,9 @@ class LambdaMARTRanker:
         valid: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
         feature_names: list[str] | None = None,
     ) -> Self:
+        self._check_params(np.asarray(labels))
         params = {
-            "objective": "lambdarank",
+            "objective": self.objective,
             "metric": "ndcg",
             "eval_at": [10],
             # linear gains, as the NDCG the ranker is judged by (LightGBM's default is 2^g - 1)

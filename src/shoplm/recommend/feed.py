@@ -8,12 +8,17 @@ history, so every request gets a full, explained list.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from shoplm.data.interactions import Sequences
 from shoplm.recommend.base import Recommender, top_k
-from shoplm.recommend.cooccurrence import CooccurrenceRecommender, history_matrix
+from shoplm.recommend.cooccurrence import Contributions, CooccurrenceRecommender
 from shoplm.recommend.popularity import PopularityRecommender
+
+if TYPE_CHECKING:
+    from shoplm.recommend.ranker import FeedRanker
 
 POPULAR = "popular in the shop"
 SIMILAR_TASTE = "liked by shoppers with similar taste"
@@ -32,6 +37,10 @@ class PersonalFeed:
     Business rules and diversity apply on top: items marked unavailable (``available``
     False) are never recommended, and with ``diversity`` > 0 the list is re-ranked by
     maximal marginal relevance so that it does not fill up with one category.
+
+    A learned ``ranker`` (:class:`~shoplm.recommend.ranker.FeedRanker`), when given,
+    re-orders the blend's top candidates from the score rows computed here; every other
+    item keeps its lower blend score, and reasons still come from the sources.
     """
 
     def __init__(
@@ -44,6 +53,7 @@ class PersonalFeed:
         diversity: float = 0.0,
         collaborative: Recommender | None = None,
         collaborative_weight: float = 0.0,
+        ranker: FeedRanker | None = None,
     ) -> None:
         self.cooccurrence = cooccurrence
         self.popularity = popularity
@@ -53,28 +63,56 @@ class PersonalFeed:
         self.available = available
         self.categories = categories
         self.diversity = diversity
+        self.ranker = ranker
 
     def recommend(
         self, histories: Sequences, k: int
     ) -> tuple[np.ndarray, np.ndarray, list[list[str]]]:
         """Top ``k`` unseen items per history, their scores and one reason per item."""
-        together = self.cooccurrence.score(histories)
-        scores = self._blend(histories, together)
+        terms = self.cooccurrence.contributions(histories)
+        together = terms.dense()
+        parts: dict[str, np.ndarray] = {}
+        scores = blend = self._blend(histories, together, parts)
         rows = np.repeat(np.arange(len(histories)), histories.lengths)
         scores[rows, histories.items] = -np.inf
         if self.available is not None:
             scores[:, ~self.available] = -np.inf
+        top: tuple[np.ndarray, np.ndarray] | None = None
+        if self.ranker:
+            scores, top_ids, top_scores = self.ranker.rerank_top(
+                self, histories, blend, together, parts.get("als"), masked=True
+            )
+            if k <= top_ids.shape[1]:
+                top = (top_ids[:, :k], top_scores[:, :k])
         if self.diversity > 0 and self.categories is not None:
             ids, best = diversify(scores.astype(np.float32), self.categories, k, self.diversity)
+        elif top is not None:  # the top of the re-ranked scores: no second search
+            ids, best = top
         else:
             ids, best = top_k(scores.astype(np.float32), k)
-        return ids, best, self._reasons(histories, ids, best, together)
+        # the reason is the source's: re-ranked items are explained by their blend score
+        sources = best if scores is blend else _scores_at(blend, ids)
+        return ids, best, self._reasons(ids, sources, terms)
 
     def score(self, histories: Sequences) -> np.ndarray:
-        """The feed's score of every item (history not yet removed), for evaluation."""
-        return self._blend(histories, self.cooccurrence.score(histories)).astype(np.float32)
+        """The feed's score of every item (history not yet removed), for evaluation.
 
-    def _blend(self, histories: Sequences, together: np.ndarray) -> np.ndarray:
+        With a ranker, history and unavailable items are -inf and the re-ranked candidates
+        score above every other item, as in :meth:`recommend`.
+        """
+        together = self.cooccurrence.score(histories)
+        parts: dict[str, np.ndarray] = {}
+        scores = self._blend(histories, together, parts).astype(np.float32)
+        if self.ranker:
+            scores = self.ranker.rerank(self, histories, scores, together, parts.get("als"))
+        return scores
+
+    def _blend(
+        self,
+        histories: Sequences,
+        together: np.ndarray,
+        parts: dict[str, np.ndarray] | None = None,
+    ) -> np.ndarray:
         # recommended items land in [1, 2], popular-only ones in [0, 0.001]: popularity
         # never outranks the personal sources and only breaks near-ties (a larger share
         # reorders co-occurring items: 0.5 cost 0.021 Recall@10 on Online Retail)
@@ -82,34 +120,30 @@ class PersonalFeed:
         weight = self.collaborative_weight if self.collaborative is not None else 0.0
         if weight > 0:
             extra = self.collaborative.score(histories)  # type: ignore[union-attr]
+            if parts is not None:  # kept for the ranker's features
+                parts["als"] = extra
             relevance = (relevance + weight * extra / _row_max(np.abs(extra))) / (1.0 + weight)
         scores = np.where(relevance > 0, 1.0 + relevance, 0.0)
         popular = self.popularity.score(histories)
         return scores + _TIE_BREAK * popular / _row_max(popular)
 
-    def _reasons(
-        self, histories: Sequences, ids: np.ndarray, best: np.ndarray, together: np.ndarray
-    ) -> list[list[str]]:
-        weights = history_matrix(
-            histories, self.cooccurrence.n_items, self.cooccurrence.recency_decay
-        )
-        neighbours = self.cooccurrence.neighbours_
+    def _reasons(self, ids: np.ndarray, best: np.ndarray, terms: Contributions) -> list[list[str]]:
+        # a co-occurring item names the history item that brings the largest share of its
+        # score; the rest were placed by the collaborative source (score >= 1) or popularity
+        rows = np.repeat(np.arange(len(ids)), ids.shape[1])
+        sources = terms.strongest_sources(rows, np.maximum(ids, 0).ravel()).reshape(ids.shape)
+        other = np.where(best >= 1.0, SIMILAR_TASTE, POPULAR)
         reasons = []
-        for row, row_ids in enumerate(ids):
-            valid = row_ids[row_ids >= 0]
-            history = weights[row]
-            linked = valid[together[row, valid] > 0]
-            because: dict[int, str] = {}
-            if linked.size and history.nnz:
-                # the history item that contributes most to each co-occurring candidate
-                links = neighbours[history.indices][:, linked].toarray() * history.data[:, None]
-                sources = history.indices[np.argmax(links, axis=0)]
-                because = {
-                    int(j): f"bought together with {self.titles[s] or 'an earlier item'}"
-                    for j, s in zip(linked, sources, strict=True)
-                }
-            other = np.where(best[row][row_ids >= 0] >= 1.0, SIMILAR_TASTE, POPULAR)
-            reasons.append([because.get(int(j), str(o)) for j, o in zip(valid, other, strict=True)])
+        for row_ids, row_sources, row_other in zip(ids, sources, other, strict=True):
+            listed = row_ids >= 0
+            reasons.append(
+                [
+                    f"bought together with {self.titles[s] or 'an earlier item'}"
+                    if s >= 0
+                    else str(o)
+                    for s, o in zip(row_sources[listed], row_other[listed], strict=True)
+                ]
+            )
         return reasons
 
 
@@ -144,6 +178,12 @@ def diversify(
     chosen_ids = np.take_along_axis(ids, picks, axis=1)
     chosen_scores = np.take_along_axis(best, picks, axis=1)
     return np.where(valid, chosen_ids, -1), np.where(valid, chosen_scores, -np.inf)
+
+
+def _scores_at(scores: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """``scores`` of each row's ``ids``; -inf where the id is -1 (padding)."""
+    found = np.take_along_axis(scores, np.maximum(ids, 0), axis=1)
+    return np.where(ids >= 0, found, -np.inf).astype(np.float32)
 
 
 def _row_max(scores: np.ndarray) -> np.ndarray:

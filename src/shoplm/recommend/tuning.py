@@ -53,14 +53,22 @@ class ValidationSplit:
     train: Interactions
     history: Sequences
     targets: np.ndarray
+    #: the user id of each held-out target
+    users: np.ndarray | None = None
 
 
 def last_item_split(
-    interactions: Interactions, max_users: int | None = 5_000, seed: int = 0
+    interactions: Interactions,
+    max_users: int | None = 5_000,
+    seed: int = 0,
+    keep_weights: bool = False,
 ) -> ValidationSplit | None:
     """Hold out the last item of (a seeded sample of) users with at least 2 items.
 
     Returns None when fewer than 50 users qualify: too few targets to choose anything by.
+    The training events are rebuilt from sequences (weight 1, time = position) unless
+    ``keep_weights``, which keeps the other events as they are (weights and times), so
+    that sources refitted on them score on the same scale as those fitted on every event.
     """
     seqs = interactions.to_sequences()
     eligible = np.flatnonzero(seqs.lengths >= 2)
@@ -73,10 +81,26 @@ def last_item_split(
     drop[eligible] = 1
     train = seqs.drop_last(drop)
     evaluated = seqs[eligible]
+    if keep_weights:  # the events in to_sequences' order, minus each sampled user's last
+        order = np.lexsort((interactions.times, interactions.users))
+        kept = np.ones(order.size, dtype=bool)
+        kept[seqs.indptr[eligible + 1] - 1] = False
+        picked = order[kept]
+        train_events = Interactions(
+            interactions.users[picked],
+            interactions.items[picked],
+            interactions.times[picked],
+            interactions.weights[picked],
+            interactions.n_users,
+            interactions.n_items,
+        )
+    else:
+        train_events = Interactions.from_sequences(train, interactions.n_items)
     return ValidationSplit(
-        train=Interactions.from_sequences(train, interactions.n_items),
+        train=train_events,
         history=evaluated.drop_last(1),
         targets=evaluated.last(),
+        users=eligible,
     )
 
 

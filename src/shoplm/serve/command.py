@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from pathlib import Path
 from typing import Annotated
 
@@ -55,6 +56,9 @@ def serve(
             err=True,
         )
     app = create_app(engine, data_dir or Path(engine) / "live", settings)
+    # The loaded engine and libraries are hundreds of thousands of long-lived objects that
+    # every full collection would walk again, a pause that lands in some request's latency
+    gc.freeze()
     typer.echo(
         f"serving {app.state.live.version} on http://{host}:{port} "
         "(storefront /, dashboard /dashboard, API schema /openapi.json)"
