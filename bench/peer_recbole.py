@@ -6,7 +6,7 @@ dependencies; docs/benchmarks.md, "RecBole SASRec peer", has the install recipe)
     /tmp/recbole-venv/bin/python bench/peer_recbole.py --shared-data ../shared/data \\
         --workdir /tmp/recbole-work --minutes 25 --threads 1 \\
         --install-notes /tmp/recbole-install-notes.json \\
-        --out bench/results/peer_recbole_beauty.json
+        --out bench/results/peer_recbole_sasrec.json
 
 The script never imports ray and never ``torch.load``s a checkpoint, so of the install
 recipe's pins only ``numpy<2`` and ``pandas<3`` matter to it; ``setuptools<81`` and
