@@ -13,6 +13,10 @@ stages can run in separate processes; models are kept under ``--work``):
   every judged pair above 1 kept out of the negatives), then the same dense evaluation.
 - ``synthetic``: fine-tune on ``--synthetic`` (augmentation parquet: item_id, query,
   backend, kept) only, no Home Depot label at all: what a shop without labels gets.
+- ``mixed``: the train judgments plus ``--synthetic-pairs`` kept synthetic pairs drawn at
+  random (seeded) from ``--synthetic``: what a shop with some labels gets.
+- ``dense``: the dense evaluation alone of ``--encoder`` (a model folder under ``--work``,
+  or ``minilm``), e.g. after a change to how queries are encoded.
 - ``pipeline``: ``SearchPipeline(encoder=<fine-tuned folder>)`` fit on train labels, dev.
 - ``reranker``: train a cross-encoder on 85% of the train queries (graded pairs + BM25
   negatives); needs no pipeline, so it can run beside the other stages.
@@ -103,6 +107,12 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("/tmp/shoplm_ft/models"))
     parser.add_argument("--cache-dir", type=Path, default=Path("/tmp/shoplm-eval-cache"))
     parser.add_argument("--synthetic", type=Path, default=None)
+    parser.add_argument(
+        "--synthetic-pairs",
+        type=int,
+        default=None,
+        help="mixed stage: draw this many synthetic pairs (default: all kept ones)",
+    )
     parser.add_argument("--towers", default="query", choices=["query", "both"])
     parser.add_argument("--epochs", type=float, default=1.0)
     parser.add_argument("--batch-size", type=int, default=64)
@@ -199,19 +209,38 @@ def main() -> None:
         results[f"dense_{name}"] = dense_eval(str(folder))
         print("fine-tuned on labels", results[f"dense_{name}"], flush=True)
         save()
-    if "synthetic" in stages:
+    if "synthetic" in stages or "mixed" in stages:
         if args.synthetic is None:
-            parser.error("the synthetic stage needs --synthetic PARQUET")
-        pairs = synthetic_pairs(pd.read_parquet(args.synthetic), item_index)
+            parser.error("the synthetic and mixed stages need --synthetic PARQUET")
+        synthetic = synthetic_pairs(pd.read_parquet(args.synthetic), item_index)
         results["synthetic_data"] = {
             "file": str(args.synthetic),
-            "pairs": len(pairs),
-            **pairs.attrs,
+            "pairs": len(synthetic),
+            **synthetic.attrs,
         }
+    if "synthetic" in stages:
         name = args.name or "synthetic"
-        folder = finetune(name, pairs, None)
+        folder = finetune(name, synthetic, None)
         results[f"dense_{name}"] = dense_eval(str(folder))
         print("fine-tuned on synthetic", results[f"dense_{name}"], flush=True)
+        save()
+    if "mixed" in stages:
+        positives, exclude = positive_pairs(train, item_index)
+        drawn = synthetic
+        if args.synthetic_pairs is not None and args.synthetic_pairs < len(synthetic):
+            drawn = synthetic.sample(n=args.synthetic_pairs, random_state=args.seed)
+        pairs = pd.concat([positives, drawn[positives.columns]], ignore_index=True)
+        name = args.name or "mixed"
+        folder = finetune(name, pairs, exclude)
+        results[f"train_{name}"].update(label_pairs=len(positives), synthetic_pairs=len(drawn))
+        results[f"dense_{name}"] = dense_eval(str(folder))
+        print("fine-tuned on labels + synthetic", results[f"dense_{name}"], flush=True)
+        save()
+    if "dense" in stages:
+        encoder = str(args.work / args.encoder) if args.encoder != "minilm" else "minilm"
+        key = "dense_zeroshot" if args.encoder == "minilm" else f"dense_{args.encoder}"
+        results[key] = dense_eval(encoder)
+        print(key, results[key], flush=True)
         save()
     if "pipeline" in stages or "rerank" in stages:
         encoder = str(args.work / args.encoder) if args.encoder != "minilm" else "minilm"

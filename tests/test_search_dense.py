@@ -54,6 +54,10 @@ def test_onnx_int8_query_encoder_matches_torch(english: DenseRetriever) -> None:
     cosine = (reference * served).sum(axis=1)
     assert cosine.min() >= 0.98
     assert english.onnx_path_.stat().st_size < 40e6  # int8, not the 90 MB fp32 graph
+    # a text's vector does not depend on the texts encoded with it (int8 scales per run)
+    onnx = encoders.OnnxMiniLMEncoder(english.onnx_path_)
+    alone = np.vstack([onnx.encode([sentence]) for sentence in sentences])
+    np.testing.assert_array_equal(served, alone)
 
 
 def test_finds_items_by_meaning(english: DenseRetriever) -> None:

@@ -50,7 +50,7 @@ from shoplm.recommend.tuning import (
 )
 from shoplm.search.adapt import finetune_query_encoder
 from shoplm.search.logs import search_clicks
-from shoplm.search.pipeline import SearchFilters, SearchPage, SearchPipeline
+from shoplm.search.pipeline import PageRequest, SearchFilters, SearchPage, SearchPipeline
 
 FORMAT_VERSION = 1
 
@@ -369,6 +369,10 @@ class Engine:
     ) -> SearchPage:
         """One page of results with facets, for the storefront and the HTTP API."""
         return self.search_pipeline.search(query, k, offset, filters)
+
+    def search_pages(self, requests: Sequence[PageRequest]) -> list[SearchPage]:
+        """Pages for several queries at once, ranked in shared batches (the service's)."""
+        return self.search_pipeline.search_many(requests)
 
     def item_ids(self, ids: np.ndarray) -> list[str]:
         """The shop's own ids of internal item ids."""

@@ -42,6 +42,16 @@ class SearchFilters:
     price_max: float | None = None
 
 
+@dataclass(frozen=True)
+class PageRequest:
+    """One page of one query: what :meth:`SearchPipeline.search_many` answers."""
+
+    query: str
+    k: int = 10
+    offset: int = 0
+    filters: SearchFilters | None = None
+
+
 @dataclass
 class SearchPage:
     ids: np.ndarray
@@ -181,23 +191,41 @@ class SearchPipeline:
         self, query: str, k: int = 10, offset: int = 0, filters: SearchFilters | None = None
     ) -> SearchPage:
         """One page of results with facet counts over everything that passes the filters."""
-        parsed = self.parser_.parse_one(str(query))
-        mask = self._mask(parsed, filters)
-        depth = FILTERED_DEPTH if mask is not None else max(self.depth, offset + k)
-        ids, scores = self._ranked([parsed.text], depth)
-        ids, scores = ids[0], scores[0]
-        keep = (ids >= 0) & np.isfinite(scores) & self.available_[np.maximum(ids, 0)]
-        if mask is not None:
-            keep &= mask[np.maximum(ids, 0)]
-        ids, scores = ids[keep], scores[keep]
-        return SearchPage(
-            ids=ids[offset : offset + k],
-            scores=scores[offset : offset + k],
-            total=int(ids.size),
-            facets=self.facets(ids),
-            parsed=parsed,
-            applied=_applied(parsed, filters),
-        )
+        return self.search_many([PageRequest(str(query), k, offset, filters)])[0]
+
+    def search_many(self, requests: Sequence[PageRequest]) -> list[SearchPage]:
+        """One page per request, the retrieval and ranking of all of them batched.
+
+        Requests that need the same candidate depth are ranked in one call, so requests
+        that arrive together (the service's micro-batches) share every vectorised stage;
+        each page is what :meth:`search` alone would give.
+        """
+        parsed = [self.parser_.parse_one(r.query) for r in requests]
+        masks = [self._mask(p, r.filters) for p, r in zip(parsed, requests, strict=True)]
+        depths = [
+            FILTERED_DEPTH if mask is not None else max(self.depth, r.offset + r.k)
+            for mask, r in zip(masks, requests, strict=True)
+        ]
+        pages: list[SearchPage | None] = [None] * len(requests)
+        for depth in dict.fromkeys(depths):
+            rows = [i for i, d in enumerate(depths) if d == depth]
+            ranked_ids, ranked_scores = self._ranked([parsed[i].text for i in rows], depth)
+            for row, ids, scores in zip(rows, ranked_ids, ranked_scores, strict=True):
+                keep = (ids >= 0) & np.isfinite(scores) & self.available_[np.maximum(ids, 0)]
+                if masks[row] is not None:
+                    keep &= masks[row][np.maximum(ids, 0)]
+                ids, scores = ids[keep], scores[keep]
+                request = requests[row]
+                end = request.offset + request.k
+                pages[row] = SearchPage(
+                    ids=ids[request.offset : end],
+                    scores=scores[request.offset : end],
+                    total=int(ids.size),
+                    facets=self.facets(ids),
+                    parsed=parsed[row],
+                    applied=_applied(parsed[row], request.filters),
+                )
+        return [page for page in pages if page is not None]
 
     def facets(self, ids: np.ndarray) -> dict[str, dict[str, int]]:
         """Counts of category, brand and price band among ``ids``."""

@@ -3,9 +3,11 @@
 Handlers are ``async`` wherever they do not wait on a disk or a lock. Search and
 recommendations are a few milliseconds of numpy work each: running them on the event loop
 spares each request the hop to a pool thread and back (py-spy put a hop at about 7% of an
-event post's CPU), and one process holds the GIL for that work anyway. Event posts wait on
-the fsync without holding a thread (see :meth:`LiveEngine.ingest_async`). Routes that block
-for long (catalogue edits, erasure, reload) stay plain ``def`` and run in the thread pool.
+event post's CPU), and one process holds the GIL for that work anyway. The requests that
+reach the loop together are answered by one batched call (:mod:`shoplm.serve.batching`).
+Event posts wait on the fsync without holding a thread (see
+:meth:`LiveEngine.ingest_async`). Routes that block for long (catalogue edits, erasure,
+reload) stay plain ``def`` and run in the thread pool.
 
 Answers are serialised with orjson straight from Python values; the pydantic models stay
 as the OpenAPI schema, which the tests check the answers against.
@@ -32,9 +34,10 @@ from shoplm import __version__
 from shoplm.config import load_config
 from shoplm.realtime.event_log import LogWriteError
 from shoplm.search.pipeline import SearchFilters
+from shoplm.serve.batching import MicroBatcher
 from shoplm.serve.console import _finite, console_router
 from shoplm.serve.experiments import EXPERIMENT_LOG_FILE, Assignment, LiveExperiments
-from shoplm.serve.live import EventsRejected, LiveEngine
+from shoplm.serve.live import EventsRejected, FeedRequest, LiveEngine, SearchRequest
 from shoplm.serve.monitoring import METRICS, Monitor, load_rules, parse_duration, parse_selector
 from shoplm.serve.observability import LOGGER, Metrics, RequestObserver
 from shoplm.serve.schemas import (
@@ -99,6 +102,16 @@ def create_app(engine_dir: Path, data_dir: Path, settings: ServeSettings | None 
     live.listeners.append(lambda rows: monitor.record_events(len(rows)))
     metrics = Metrics(live.version)
     metrics.registry.register(monitor)
+    searches = MicroBatcher(
+        live.search_many,
+        settings.max_batch,
+        metrics.batch_size.labels("/search").observe,
+    )
+    feeds = MicroBatcher(
+        live.recommend_many,
+        settings.max_batch,
+        metrics.batch_size.labels("/users/{user_id}/recommendations").observe,
+    )
     writer = [Depends(api_key_guard(settings.key_digests()))]
     admin = [Depends(api_key_guard(settings.admin_key_digests()))]
     reader = writer if settings.protect_reads else []
@@ -189,7 +202,9 @@ def create_app(engine_dir: Path, data_dir: Path, settings: ServeSettings | None 
             raise HTTPException(422, "price_min: greater than price_max")
         filters = SearchFilters(category, brand, price_min, price_max)
         key, assignment = _assigned(user)
-        found = live.search(q, k, (page - 1) * k, filters, assignment and assignment.arm)
+        found = await searches.submit(
+            SearchRequest(q, k, (page - 1) * k, filters, assignment and assignment.arm)
+        )
         if user is not None:
             try:
                 await live.ingest_async([{"user_id": user, "event": "search", "query": q}])
@@ -225,7 +240,7 @@ def create_app(engine_dir: Path, data_dir: Path, settings: ServeSettings | None 
         user_id: UserId, k: Annotated[int, Query(ge=1, le=100)] = 10
     ) -> Response:
         key, assignment = _assigned(user_id)
-        found = live.recommend(user_id, k, assignment and assignment.arm, key)
+        found = await feeds.submit(FeedRequest(user_id, k, assignment and assignment.arm, key))
         answer: dict[str, object] = {
             "items": [
                 {"id": i, "title": t, "score": s, "reason": r}

@@ -34,7 +34,7 @@ from shoplm.realtime.intake import CheckedEvents, EventValidator
 from shoplm.realtime.items import LiveCatalog
 from shoplm.realtime.sessions import SessionStore
 from shoplm.recommend.feed import PersonalFeed
-from shoplm.search.pipeline import SearchFilters
+from shoplm.search.pipeline import PageRequest, SearchFilters, SearchPage
 
 _NO_HISTORY = np.zeros(0, dtype=np.int64)
 LOGGER = logging.getLogger("shoplm.serve")
@@ -105,6 +105,27 @@ class EventsRejected(ValueError):
     def __init__(self, problems: list[dict[str, object]]) -> None:
         super().__init__(f"{len(problems)} problem(s) in the posted events")
         self.problems = problems
+
+
+@dataclass(frozen=True)
+class SearchRequest:
+    """One search call of the service: a page of one query under filters, maybe for an arm."""
+
+    query: str
+    k: int
+    offset: int
+    filters: SearchFilters
+    arm: ArmSpec | None = None
+
+
+@dataclass(frozen=True)
+class FeedRequest:
+    """One recommendation call: ``key`` is the user's pseudonym when the caller has it."""
+
+    user: str
+    k: int
+    arm: ArmSpec | None = None
+    key: str | None = None
 
 
 @dataclass
@@ -360,33 +381,27 @@ class LiveEngine:
         (the shop just added it, and the engine cannot score it yet); one that holds only
         some of the words goes after them. ``arm`` answers with a variant's engine version.
         """
+        return self.search_many([SearchRequest(query, k, offset, filters, arm)])[0]
+
+    def search_many(self, requests: Sequence[SearchRequest]) -> list[Ranked]:
+        """:meth:`search` for several requests, ranked in one batch per engine version."""
         served = self.served
         catalog = served.catalog
-        chosen = served.arms.get(arm) if arm is not None else None
-        engine = chosen.engine if chosen is not None else served.engine
-        hidden = int(catalog.deleted[: catalog.n_base].sum())
-        if chosen is not None:
-            hidden += chosen.n_unlisted
-        page = engine.search_page(query, k=offset + k + hidden, offset=0, filters=filters)
-        rows = page.ids
-        if chosen is not None and chosen.from_arm is not None:
-            rows = chosen.from_arm[rows]
-        live = (rows >= 0) & ~catalog.deleted[np.maximum(rows, 0)]
-        fresh_ids, fresh_scores = catalog.search(query, offset + k, filters)
-        old = live & ~np.isin(rows, fresh_ids) if fresh_ids.size else live
-        full = fresh_scores >= 1
-        ids = np.concatenate([fresh_ids[full], rows[old], fresh_ids[~full]])
-        scores = np.concatenate([fresh_scores[full], page.scores[old], fresh_scores[~full]])
-        ids, scores = ids[offset : offset + k], scores[offset : offset + k]
-        return Ranked(
-            ids=catalog.id_array[ids].tolist(),
-            titles=catalog.titles[ids].tolist(),
-            scores=scores.astype(float).tolist(),
-            total=page.total - int((~live).sum()) + fresh_ids.size,
-            suggestion=page.parsed.suggestion,
-            facets=page.facets,
-            applied=page.applied,
-        )
+        answers: list[Ranked | None] = [None] * len(requests)
+        for chosen, rows in _by_arm(served, [r.arm for r in requests]):
+            engine = chosen.engine if chosen is not None else served.engine
+            hidden = int(catalog.deleted[: catalog.n_base].sum())
+            if chosen is not None:
+                hidden += chosen.n_unlisted
+            pages = engine.search_pages(
+                [
+                    PageRequest(r.query, r.offset + r.k + hidden, 0, r.filters)
+                    for r in (requests[row] for row in rows)
+                ]
+            )
+            for row, page in zip(rows, pages, strict=True):
+                answers[row] = _merged_page(catalog, chosen, requests[row], page)
+        return [answer for answer in answers if answer is not None]
 
     def recommend(
         self, user: str, k: int, arm: ArmSpec | None = None, key: str | None = None
@@ -396,43 +411,66 @@ class LiveEngine:
         ``arm`` answers with a variant's engine version and feed settings; ``key`` is the
         user's pseudonym when the caller has it already.
         """
+        return self.recommend_many([FeedRequest(user, k, arm, key)])[0]
+
+    def recommend_many(self, requests: Sequence[FeedRequest]) -> list[Ranked]:
+        """:meth:`recommend` for several users, scored in one feed call per engine version.
+
+        The feed's scoring is vectorised over histories, so users who ask together cost
+        far less than one at a time (the service batches the requests that arrive
+        together); each answer is what the user would get alone.
+        """
         served = self.served
         catalog = served.catalog
-        chosen = served.arms.get(arm) if arm is not None else None
-        engine = chosen.engine if chosen is not None else served.engine
-        feed = chosen.feed if chosen is not None else engine.feed
-        mapped = chosen is not None and chosen.to_arm is not None
+        answers: list[Ranked | None] = [None] * len(requests)
+        for chosen, rows in _by_arm(served, [r.arm for r in requests]):
+            engine = chosen.engine if chosen is not None else served.engine
+            feed = chosen.feed if chosen is not None else engine.feed
+            to_arm = chosen.to_arm if chosen is not None else None
+            from_arm = chosen.from_arm if chosen is not None else None
+            hidden = int(catalog.deleted[: catalog.n_base].sum())
+            if chosen is not None:
+                hidden += chosen.n_unlisted
+            histories = Sequences.from_lists(
+                [self._history(served, engine, requests[row], to_arm) for row in rows]
+            )
+            k = max(requests[row].k for row in rows)
+            all_ids, all_scores, all_reasons = feed.recommend(histories, k + hidden)
+            for row, ids, scores, reasons in zip(
+                rows, all_ids, all_scores, all_reasons, strict=True
+            ):
+                listed = ids >= 0
+                ids, scores = ids[listed], scores[listed]
+                if from_arm is not None:
+                    ids = from_arm[ids]
+                keep = (ids >= 0) & ~catalog.deleted[np.maximum(ids, 0)]
+                k = requests[row].k
+                answers[row] = Ranked(
+                    ids=catalog.id_array[ids[keep][:k]].tolist(),
+                    titles=catalog.titles[ids[keep][:k]].tolist(),
+                    scores=scores[keep][:k].astype(float).tolist(),
+                    reasons=[r for r, kept in zip(reasons, keep, strict=False) if kept][:k],
+                )
+        return [answer for answer in answers if answer is not None]
+
+    def _history(
+        self, served: _Served, engine: Engine, request: FeedRequest, to_arm: np.ndarray | None
+    ) -> np.ndarray:
+        """The user's build-time history and the items of their live session, as rows of
+        ``engine`` (``to_arm`` maps live rows to an arm engine's)."""
+        key = request.key
         if key is None:
-            key = served.engine.pseudonymiser.pseudonymise_one(user)
+            key = served.engine.pseudonymiser.pseudonymise_one(request.user)
         built = _NO_HISTORY
         if key in engine.history_users and key not in self._forgotten:
             built = engine.histories[int(engine.history_users.get_loc(key))]
         recent = served.sessions.recent(key)
         # items added since the build are unknown to the engine's recommender
-        recent = recent[recent < catalog.n_base]
-        hidden = int(catalog.deleted[: catalog.n_base].sum())
-        if mapped:
-            assert chosen is not None and chosen.to_arm is not None
-            recent = chosen.to_arm[recent]
+        recent = recent[recent < served.catalog.n_base]
+        if to_arm is not None:
+            recent = to_arm[recent]
             recent = recent[recent >= 0]
-            hidden += chosen.n_unlisted
-        history = Sequences.from_lists([np.concatenate([built, recent])])
-        ids, scores, reasons = feed.recommend(history, k + hidden)
-        ids, scores = ids[0], scores[0]
-        listed = ids >= 0
-        ids, scores = ids[listed], scores[listed]
-        if mapped:
-            assert chosen is not None and chosen.from_arm is not None
-            ids = chosen.from_arm[ids]
-        keep = (ids >= 0) & ~catalog.deleted[np.maximum(ids, 0)]
-        why = [r for r, kept in zip(reasons[0], keep, strict=False) if kept][:k]
-        ids, scores = ids[keep][:k], scores[keep][:k]
-        return Ranked(
-            ids=catalog.id_array[ids].tolist(),
-            titles=catalog.titles[ids].tolist(),
-            scores=scores.astype(float).tolist(),
-            reasons=why,
-        )
+        return np.concatenate([built, recent])
 
     def similar(self, item_id: str, k: int, arm: ArmSpec | None = None) -> Ranked:
         """Items to show next to ``item_id``, from the arm's engine; only listed ones.
@@ -600,3 +638,37 @@ class LiveEngine:
 def _settle(future: asyncio.Future[None]) -> None:
     if not future.done():  # the client may have gone away and the request been cancelled
         future.set_result(None)
+
+
+def _by_arm(served: _Served, arms: Sequence[ArmSpec | None]) -> list[tuple[_Arm | None, list[int]]]:
+    """Request positions grouped by the arm that answers them (None: the served engine)."""
+    groups: dict[ArmSpec | None, list[int]] = {}
+    for row, arm in enumerate(arms):
+        groups.setdefault(arm if arm in served.arms else None, []).append(row)
+    return [(served.arms[arm] if arm is not None else None, rows) for arm, rows in groups.items()]
+
+
+def _merged_page(
+    catalog: LiveCatalog, chosen: _Arm | None, request: SearchRequest, page: SearchPage
+) -> Ranked:
+    """The engine's page with withdrawn items dropped and items added since merged in."""
+    rows = page.ids
+    if chosen is not None and chosen.from_arm is not None:
+        rows = chosen.from_arm[rows]
+    offset, k = request.offset, request.k
+    live = (rows >= 0) & ~catalog.deleted[np.maximum(rows, 0)]
+    fresh_ids, fresh_scores = catalog.search(request.query, offset + k, request.filters)
+    old = live & ~np.isin(rows, fresh_ids) if fresh_ids.size else live
+    full = fresh_scores >= 1
+    ids = np.concatenate([fresh_ids[full], rows[old], fresh_ids[~full]])
+    scores = np.concatenate([fresh_scores[full], page.scores[old], fresh_scores[~full]])
+    ids, scores = ids[offset : offset + k], scores[offset : offset + k]
+    return Ranked(
+        ids=catalog.id_array[ids].tolist(),
+        titles=catalog.titles[ids].tolist(),
+        scores=scores.astype(float).tolist(),
+        total=page.total - int((~live).sum()) + fresh_ids.size,
+        suggestion=page.parsed.suggestion,
+        facets=page.facets,
+        applied=page.applied,
+    )

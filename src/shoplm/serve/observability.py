@@ -21,6 +21,7 @@ from shoplm import __version__
 
 LOGGER = logging.getLogger("shoplm.serve")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 
@@ -65,6 +66,13 @@ class Metrics:
             "HTTP request latency by route template and method",
             ["route", "method"],
             buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.batch_size = Histogram(
+            "shoplm_batch_requests",
+            "requests answered together by one batched search or recommendation call",
+            ["route"],
+            buckets=_BATCH_BUCKETS,
             registry=self.registry,
         )
         self.engine = Info(

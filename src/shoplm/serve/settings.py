@@ -37,6 +37,9 @@ class ServeSettings(BaseModel):
     max_events_per_request: int = Field(default=1_000, ge=1)
     #: browser origins allowed to call the API (CORS); empty allows none
     cors_origins: list[str] = Field(default_factory=list)
+    #: most search or recommendation requests answered by one batched call; 1 turns the
+    #: batching of requests that arrive together off
+    max_batch: int = Field(default=32, ge=1, le=1_024)
     #: recent items kept per user for real-time recommendations
     session_items: int = Field(default=50, ge=1)
     #: cap on the event log's size; at the cap writes fail as on a full disk (507)
