@@ -35,6 +35,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import quote
 
@@ -256,10 +257,12 @@ def _warm_up(url: str, requests: list[dict]) -> None:
             reply.raise_for_status()
 
 
-def _start_server(engine: Path, data_dir: Path, port: int, log: Path) -> subprocess.Popen:
+def _start_server(
+    engine: Path, data_dir: Path, port: int, log: Path, max_batch: int
+) -> subprocess.Popen:
     env = {**os.environ, "SHOPLM_API_KEYS": API_KEY, "HF_HUB_OFFLINE": "1"}
     command = [sys.executable, "-m", "shoplm.serve", "--engine", str(engine)]
-    command += ["--port", str(port), "--data-dir", str(data_dir)]
+    command += ["--port", str(port), "--data-dir", str(data_dir), "--max-batch", str(max_batch)]
     with open(log, "wb") as out:
         server = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 120
@@ -273,6 +276,60 @@ def _start_server(engine: Path, data_dir: Path, port: int, log: Path) -> subproc
             time.sleep(0.5)
     server.kill()
     raise RuntimeError("server did not start in 120 s")
+
+
+def _batches(url: str) -> dict[str, tuple[float, float]]:
+    """Requests and batches answered so far per route, from the server's ``/metrics``."""
+    totals: dict[str, list[float]] = {}
+    for line in httpx.get(f"{url}/metrics", timeout=10).text.splitlines():
+        match = re.match(r'shoplm_batch_requests_(sum|count)\{route="([^"]+)"\} (\S+)', line)
+        if match:
+            kind, route, value = match.groups()
+            totals.setdefault(route, [0.0, 0.0])[kind == "count"] = float(value)
+    return {route: (requests, batches) for route, (requests, batches) in totals.items()}
+
+
+def _drive_routes(
+    url: str,
+    server: subprocess.Popen,
+    workload: dict[str, list[dict]],
+    args: argparse.Namespace,
+    run: Callable[[str, list[dict], int, int], dict],
+    max_batch: int,
+) -> list[dict]:
+    """Every route at every concurrency against one running server."""
+    results = []
+    for route in args.routes:
+        requests = workload[route]
+        _warm_up(url, requests[:20])
+        for concurrency in args.concurrency:
+            cpu_before, batches_before = _cpu_seconds(server.pid), _batches(url)
+            figures = run(url, requests, concurrency, args.seconds)
+            cpu = _cpu_seconds(server.pid) - cpu_before
+            figures["server_cpu_ms_per_request"] = 1e3 * cpu / max(figures["requests"], 1)
+            figures["load_average_1m"] = os.getloadavg()[0]
+            for batched, (answered, batches) in _batches(url).items():
+                before = batches_before.get(batched, (0.0, 0.0))
+                if batches > before[1]:
+                    figures["mean_batch"] = (answered - before[0]) / (batches - before[1])
+            if route.startswith("events"):
+                per_request = BATCH if route == "events10" else 1
+                figures["events_per_s"] = figures["requests_per_s"] * per_request
+            row = {"route": route, "concurrency": concurrency, "max_batch": max_batch}
+            results.append({**row, **figures})
+            events = (
+                f"  {figures['events_per_s']:8.0f} events/s" if "events_per_s" in figures else ""
+            )
+            batch = f"  batch {figures['mean_batch']:.1f}" if "mean_batch" in figures else ""
+            print(
+                f"{route:16s} b={max_batch:<3d} c={concurrency:<3d} "
+                f"p50 {figures['p50_ms']:8.2f} ms  "
+                f"p99 {figures['p99_ms']:8.2f} ms  {figures['requests_per_s']:8.1f} req/s"
+                f"{events}  cpu {figures['server_cpu_ms_per_request']:.2f} ms/req"
+                f"  load {figures['load_average_1m']:.1f}  non-2xx {figures['non_2xx']}{batch}",
+                flush=True,
+            )
+    return results
 
 
 def main() -> None:
@@ -292,6 +349,13 @@ def main() -> None:
     )
     parser.add_argument(
         "--distinct-queries", action="store_true", help="every search query new (no repeats)"
+    )
+    parser.add_argument(
+        "--max-batch",
+        type=int,
+        nargs="+",
+        default=[32],
+        help="the server's batch cap; several values run one server each (1: no batching)",
     )
     parser.add_argument("--out", type=Path, default=Path("bench/results/load_http.json"))
     parser.add_argument("--client", help=argparse.SUPPRESS)
@@ -321,39 +385,18 @@ def main() -> None:
         if not users:
             parser.error("no user ids to ask recommendations for")
         workload = _workload(engine, users, args.requests, args.seed, args.distinct_queries)
-        port = _free_port()
-        server = _start_server(engine, work / "live", port, work / "server.log")
-        url = f"http://127.0.0.1:{port}"
         results = []
-        try:
-            for route in args.routes:
-                requests = workload[route]
-                _warm_up(url, requests[:20])
-                for concurrency in args.concurrency:
-                    cpu_before = _cpu_seconds(server.pid)
-                    figures = run(url, requests, concurrency, args.seconds)
-                    cpu = _cpu_seconds(server.pid) - cpu_before
-                    figures["server_cpu_ms_per_request"] = 1e3 * cpu / max(figures["requests"], 1)
-                    figures["load_average_1m"] = os.getloadavg()[0]
-                    if route.startswith("events"):
-                        per_request = BATCH if route == "events10" else 1
-                        figures["events_per_s"] = figures["requests_per_s"] * per_request
-                    results.append({"route": route, "concurrency": concurrency, **figures})
-                    events = (
-                        f"  {figures['events_per_s']:8.0f} events/s"
-                        if "events_per_s" in figures
-                        else ""
-                    )
-                    print(
-                        f"{route:16s} c={concurrency:<3d} p50 {figures['p50_ms']:8.2f} ms  "
-                        f"p99 {figures['p99_ms']:8.2f} ms  {figures['requests_per_s']:8.1f} req/s"
-                        f"{events}  cpu {figures['server_cpu_ms_per_request']:.2f} ms/req"
-                        f"  load {figures['load_average_1m']:.1f}  non-2xx {figures['non_2xx']}",
-                        flush=True,
-                    )
-        finally:
-            server.terminate()
-            server.wait(timeout=30)
+        for max_batch in args.max_batch:
+            port = _free_port()
+            data_dir = work / f"live-{max_batch}"
+            log = work / f"server-{max_batch}.log"
+            server = _start_server(engine, data_dir, port, log, max_batch)
+            try:
+                url = f"http://127.0.0.1:{port}"
+                results += _drive_routes(url, server, workload, args, run, max_batch)
+            finally:
+                server.terminate()
+                server.wait(timeout=30)
     report = {
         "generator": generator,
         "seconds_per_cell": args.seconds,
@@ -367,6 +410,7 @@ def main() -> None:
             "python": platform.python_version(),
         },
         "note": "server and load generator share the same cores; one uvicorn worker",
+        "max_batch": args.max_batch,
         "results": results,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
