@@ -43,6 +43,8 @@ def test_a_finetune_build_trains_serves_and_records_its_encoder(tmp_path, write)
     manifest = json.loads((version / "manifest.json").read_text())
     report = manifest["finetune"]
     assert report["synthetic_pairs"] > 60 and report["label_pairs"] == 3
+    # three label pairs: every synthetic pair is kept (the draw keeps at least 10,000)
+    assert report["synthetic_pairs"] == report["synthetic_pairs_available"]
     assert (version / "models" / "encoder" / "shoplm-model.json").is_file()
     assert (version / "augment" / "synthetic_queries.parquet").is_file()
     # the version is self-contained: it loads and answers from its own folder
