@@ -4,9 +4,9 @@ The service's read handlers run on one event loop, and search and the personal f
 vectorised over queries and users: eight recommendation requests scored together cost
 about 2.6x less CPU than eight scored one by one (docs/service.md). A
 :class:`MicroBatcher` gathers the requests whose handlers reach it in the same turn of the
-loop and runs them as one call. It never waits for a batch to fill: a lone request runs at
-once, and under load a batch forms from the requests that queued while the previous one
-was being answered, so batching only ever shortens the wait.
+loop (or the two turns after it) and runs them as one call. It never waits on a clock for
+a batch to fill: a lone request runs within microseconds, and under load a batch forms from
+the requests that queued while the previous one was being answered.
 """
 
 from __future__ import annotations
@@ -14,6 +14,13 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from typing import Generic, TypeVar
+
+#: turns of the event loop a batch waits before it runs. Each turn polls the sockets
+#: (a few microseconds when nothing is there); two let the requests whose bytes arrived
+#: while the previous batch's answers were being written be read and join: at concurrency 8
+#: on the demo shop the mean batch went from 2.7 to about 8 requests and throughput from
+#: 331 to 446 requests/s, with no wait at all when the loop is idle.
+_TURNS = 2
 
 Request = TypeVar("Request")
 Answer = TypeVar("Answer")
@@ -48,9 +55,14 @@ class MicroBatcher(Generic[Request, Answer]):
         self._pending.append((request, future))
         if not self._scheduled:
             self._scheduled = True
-            # after the handlers already ready in this turn, so that they join the batch
-            loop.call_soon(self._drain, loop)
+            loop.call_soon(self._drain_after, loop, _TURNS)
         return await future
+
+    def _drain_after(self, loop: asyncio.AbstractEventLoop, turns: int) -> None:
+        if turns:
+            loop.call_soon(self._drain_after, loop, turns - 1)
+        else:
+            self._drain(loop)
 
     def _drain(self, loop: asyncio.AbstractEventLoop) -> None:
         batch = [(r, f) for r, f in self._pending[: self.max_batch] if not f.done()]
