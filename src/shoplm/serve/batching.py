@@ -1,8 +1,8 @@
 """Requests that arrive together, answered by one batched call (dynamic batching).
 
 The service's read handlers run on one event loop, and search and the personal feed are
-vectorised over queries and users: eight recommendation requests scored together cost
-about 2.6x less CPU than eight scored one by one (docs/service.md). A
+vectorised over queries and users: over HTTP at concurrency 8, recommendations scored in
+batches of eight cost about half the server CPU of one-by-one (docs/benchmarks.md). A
 :class:`MicroBatcher` gathers the requests whose handlers reach it in the same turn of the
 loop (or the two turns after it) and runs them as one call. It never waits on a clock for
 a batch to fill: a lone request runs within microseconds, and under load a batch forms from
