@@ -19,3 +19,19 @@ EVENTS = (
     "carol,lamp-1,add_to_cart,2024-01-04T11:00:00Z\n"
     "dave,bulb-1,purchase,2024-01-05T10:00:00Z\n"
 )
+
+
+def build_lexical_engine(root):  # type: ignore[no-untyped-def]
+    """The sample shop built under ``root`` with lexical search only; returns the engine.
+
+    For tests of the layers above the engine: the dense encoder would add a model load
+    without changing what they check.
+    """
+    from shoplm.config import SearchConfig, ShoplmConfig
+    from shoplm.engine import Engine
+
+    (root / "catalog.csv").write_text(CATALOG, encoding="utf-8")
+    (root / "events.csv").write_text(EVENTS, encoding="utf-8")
+    config = ShoplmConfig(search=SearchConfig(dense=False))
+    Engine.build(root / "catalog.csv", root / "engine", root / "events.csv", config)
+    return root / "engine"

@@ -18,14 +18,13 @@ import pytest
 from conftest import free_port
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from sample_shop import CATALOG, EVENTS
+from sample_shop import build_lexical_engine
 
-from shoplm.config import SearchConfig, ShoplmConfig
+from shoplm.config import ShoplmConfig
 from shoplm.data.events import DuplicateFinder, normalise_events
 from shoplm.data.privacy import Pseudonymiser
 from shoplm.data.report import ValidationReport
 from shoplm.data.schema import EVENT_CODES, EVENT_FIELDS
-from shoplm.engine import Engine
 from shoplm.realtime.event_log import EVENT_COLUMNS, EventLog
 from shoplm.realtime.intake import EventValidator
 from shoplm.realtime.items import LiveCatalog
@@ -120,12 +119,7 @@ def test_sessions_keep_the_latest_wanted_items_per_user():
 
 @pytest.fixture(scope="module")
 def engine_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("shop")
-    (root / "catalog.csv").write_text(CATALOG, encoding="utf-8")
-    (root / "events.csv").write_text(EVENTS, encoding="utf-8")
-    config = ShoplmConfig(search=SearchConfig(dense=False))
-    Engine.build(root / "catalog.csv", root / "engine", root / "events.csv", config)
-    return root / "engine"
+    return build_lexical_engine(tmp_path_factory.mktemp("shop"))
 
 
 def _start_server(engine_dir: Path, data_dir: Path, port: int, log: Path) -> subprocess.Popen:

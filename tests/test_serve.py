@@ -12,10 +12,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
-from sample_shop import CATALOG, EVENTS
+from sample_shop import build_lexical_engine
 
-from shoplm.config import SearchConfig, ShoplmConfig
-from shoplm.engine import Engine
 from shoplm.realtime.event_log import EventLog
 from shoplm.serve.app import LOG_FILE, create_app
 from shoplm.serve.live import EventsRejected
@@ -30,12 +28,7 @@ AUTH = {"X-API-Key": KEY}
 def engine_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One engine for the module. Lexical search only: these tests are about the HTTP layer,
     and the dense encoder would add a model load without changing what they check."""
-    root = tmp_path_factory.mktemp("shop")
-    (root / "catalog.csv").write_text(CATALOG, encoding="utf-8")
-    (root / "events.csv").write_text(EVENTS, encoding="utf-8")
-    config = ShoplmConfig(search=SearchConfig(dense=False))
-    Engine.build(root / "catalog.csv", root / "engine", root / "events.csv", config)
-    return root / "engine"
+    return build_lexical_engine(tmp_path_factory.mktemp("shop"))
 
 
 def _client(engine_dir: Path, data_dir: Path, **settings: object) -> TestClient:

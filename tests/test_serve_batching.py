@@ -7,10 +7,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from sample_shop import CATALOG, EVENTS
+from sample_shop import build_lexical_engine
 
-from shoplm.config import SearchConfig, ShoplmConfig
-from shoplm.engine import Engine
 from shoplm.search.pipeline import SearchFilters
 from shoplm.serve.app import create_app
 from shoplm.serve.batching import MicroBatcher
@@ -77,12 +75,7 @@ def test_a_cancelled_request_is_left_out() -> None:
 
 @pytest.fixture(scope="module")
 def engine_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("shop")
-    (root / "catalog.csv").write_text(CATALOG, encoding="utf-8")
-    (root / "events.csv").write_text(EVENTS, encoding="utf-8")
-    config = ShoplmConfig(search=SearchConfig(dense=False))
-    Engine.build(root / "catalog.csv", root / "engine", root / "events.csv", config)
-    return root / "engine"
+    return build_lexical_engine(tmp_path_factory.mktemp("shop"))
 
 
 def test_batched_answers_equal_answers_alone(engine_dir: Path, tmp_path: Path) -> None:
