@@ -236,14 +236,14 @@ def main() -> None:
         results[f"dense_{name}"] = dense_eval(str(folder))
         print("fine-tuned on labels + synthetic", results[f"dense_{name}"], flush=True)
         save()
+    # the model the dense and pipeline stages use: a folder under --work, or the base model
+    encoder = str(args.work / args.encoder) if args.encoder != "minilm" else "minilm"
     if "dense" in stages:
-        encoder = str(args.work / args.encoder) if args.encoder != "minilm" else "minilm"
         key = "dense_zeroshot" if args.encoder == "minilm" else f"dense_{args.encoder}"
         results[key] = dense_eval(encoder)
         print(key, results[key], flush=True)
         save()
     if "pipeline" in stages or "rerank" in stages:
-        encoder = str(args.work / args.encoder) if args.encoder != "minilm" else "minilm"
         start = time.perf_counter()
         pipeline = SearchPipeline(encoder=encoder, vector_cache=args.cache_dir, seed=args.seed)
         pipeline.fit(items, labels=ranker_labels(train, item_index))
