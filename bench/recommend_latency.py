@@ -4,7 +4,9 @@ An engine is built by ``shoplm eval recommend`` (or any ``shoplm build``); this 
 it and answers ``--requests`` single-user calls of ``Engine.recommend([user], k)`` (what the
 service does per HTTP request, minus HTTP), then ``Engine.similar([item], k)``, for users and
 items drawn with a fixed seed from the engine's own histories, after ``--warmup`` calls.
-A tenth of the users are ids the engine never saw (the cold-start answer path). Reported:
+A tenth of the users are ids the engine never saw (the cold-start answer path). The same
+users are then asked ``--batch`` at a time, as the service's dynamic batching asks them
+(``recommend_batch``: times and CPU are per call of ``--batch`` users). Reported:
 p50 / p99 / max in milliseconds, the process CPU time per request, and the 1-minute load
 average, because on a shared host wall time moves with other jobs and CPU time much less.
 When the engine holds the feed's learned ranker, the same users are also asked with the
@@ -100,13 +102,18 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--warmup", type=int, default=50)
     parser.add_argument("--k", type=int, default=10)
+    parser.add_argument("--batch", type=int, default=8, help="users per call in recommend_batch")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("bench/results/rec_latency.json"))
     args = parser.parse_args()
 
     engine = Engine.load(args.engine)
     rng = np.random.default_rng(args.seed)
-    known = pd.read_csv(args.users, usecols=["user_id"], dtype=str)["user_id"].unique()
+    if args.users.suffix == ".parquet":
+        events = pd.read_parquet(args.users, columns=["user_id"])
+    else:
+        events = pd.read_csv(args.users, usecols=["user_id"], dtype=str)
+    known = events["user_id"].astype(str).unique()
     users = rng.choice(known, args.requests).astype(object)
     users[rng.random(args.requests) < 0.1] = "never-seen-user"
     items = rng.choice(engine.items["item_id"].to_numpy(dtype=object), args.requests)
@@ -119,6 +126,14 @@ def main() -> None:
         "ranker": engine.feed.ranker is not None,
         "recommend": timed(lambda u: engine.recommend([u], args.k), users.tolist(), args.warmup),
         "similar": timed(lambda i: engine.similar([i], args.k), items.tolist(), args.warmup),
+        "recommend_batch": {
+            "batch": args.batch,
+            **timed(
+                lambda chunk: engine.recommend(chunk, args.k),
+                [users[i : i + args.batch].tolist() for i in range(0, len(users), args.batch)],
+                max(1, args.warmup // args.batch),
+            ),
+        },
     }
     if engine.feed.ranker is not None:
         report["ranker_pair"] = timed_pair(engine, users.tolist(), args.k, args.warmup, args.seed)

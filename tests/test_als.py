@@ -108,3 +108,24 @@ def test_live_fold_in_agrees_with_implicits_batch_solver() -> None:
     batch = model.user_factors(Sequences.from_lists(rows * 4))[: len(rows)]
     np.testing.assert_allclose(live, batch, rtol=1e-4, atol=1e-5)
     assert not live[1].any()
+
+
+def test_remembered_fold_in_follows_the_history_and_the_model(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # a repeated history is answered from the memo; a longer one, or a refit model, is not
+    monkeypatch.setattr("shoplm.recommend.als._FOLD_IN_MEMO", 2)
+    model = ALSRecommender(factors=8, regularization=2.0, alpha=20.0, num_threads=1)
+    model.fit(block_events())
+    first = model.user_factors(Sequences.from_lists([[3, 7]]))[0]
+    again = model.user_factors(Sequences.from_lists([[3, 7]]))[0]
+    longer = model.user_factors(Sequences.from_lists([[3, 7, 29]]))[0]
+    np.testing.assert_array_equal(first, again)
+    np.testing.assert_allclose(longer, model._fold_in(np.array([3, 7, 29])))
+    assert not np.allclose(first, longer)
+    model.user_factors(Sequences.from_lists([[1], [2], [4]]))  # more than the memo holds
+    assert len(model._memo) == 2
+    refit = model.fit(block_events(seed=1))
+    np.testing.assert_allclose(
+        refit.user_factors(Sequences.from_lists([[3, 7]]))[0], refit._fold_in(np.array([3, 7]))
+    )

@@ -18,7 +18,9 @@ factors: BPR has no closed-form fold-in of its own.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import threading
 from functools import cache
 from pathlib import Path
 from typing import Literal, Self
@@ -36,6 +38,10 @@ _PARAMS_FILE = "als.json"
 _ARRAYS_FILE = "als.npz"
 #: batches up to this many histories fold in through numpy (see ``_fold_in``)
 _NUMPY_MAX_ROWS = 8
+#: folded-in user factors kept per model (512 bytes each at 128 factors): a shopper asks
+#: for the feed again and again with the same history, as a trained model's user matrix
+#: would serve them, and a changed history is a new key
+_FOLD_IN_MEMO = 65_536
 
 
 class ALSRecommender(Recommender):
@@ -126,6 +132,8 @@ class ALSRecommender(Recommender):
                 num_threads=self.num_threads,
             )
         self._solver.item_factors = item_factors
+        self._memo: dict[bytes, np.ndarray] = {}
+        self._memo_lock = threading.Lock()
         factors = item_factors.astype(np.float64)
         self._gram = factors.T @ factors + self.regularization * np.eye(factors.shape[1])
         self._gram_inverse = np.linalg.inv(self._gram)
@@ -138,11 +146,25 @@ class ALSRecommender(Recommender):
         """
         if len(histories) <= _NUMPY_MAX_ROWS:
             return np.stack(
-                [self._fold_in(histories[row]) for row in range(len(histories))]
+                [self._remembered_fold_in(histories[row]) for row in range(len(histories))]
             ).reshape(len(histories), -1)
         counts = history_matrix(histories, self.n_items)
         with _one_blas_thread():
             return self._solver.recalculate_user(np.arange(len(histories)), counts)
+
+    def _remembered_fold_in(self, history: np.ndarray) -> np.ndarray:
+        """:meth:`_fold_in`, memoised by the history's exact items (a 16-byte digest).
+
+        The oldest entry is dropped when the memo is full."""
+        key = hashlib.blake2b(np.ascontiguousarray(history).tobytes(), digest_size=16).digest()
+        factor = self._memo.get(key)
+        if factor is None:
+            factor = self._fold_in(history)
+            with self._memo_lock:  # a rebuild thread may fold users in meanwhile
+                if len(self._memo) >= _FOLD_IN_MEMO:
+                    del self._memo[next(iter(self._memo))]
+                self._memo[key] = factor
+        return factor
 
     def _fold_in(self, history: np.ndarray) -> np.ndarray:
         """One user's factor. ``m`` history items change the regularised Gram matrix

@@ -78,7 +78,10 @@ class Contributions:
         candidate's score, or -1 where no history item co-occurs with it."""
         wanted = rows * self.n_items + candidates
         keys = self.rows * self.n_items + self.candidates
-        kept = np.isin(keys, wanted)
+        # a mask over the batch's (row, item) grid, not np.isin, which sorts every term
+        asked = np.zeros(self.n_rows * self.n_items, dtype=bool)
+        asked[wanted] = True
+        kept = asked[keys]
         keys, values, sources = keys[kept], self.values[kept], self.sources[kept]
         order = np.lexsort((-values, keys))  # per candidate, the largest term first
         keys, sources = keys[order], sources[order]
