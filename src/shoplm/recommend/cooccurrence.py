@@ -412,10 +412,17 @@ def history_weights(
     histories: Sequences, n_items: int, recency_decay: float = 1.0
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The entries of :func:`history_matrix` as ``(rows, items, weights)`` arrays, sorted by
-    row then item, without building a sparse matrix (what a single live request wants)."""
+    row then item, without building a sparse matrix (what a single live request wants).
+
+    Items whose float32 weight underflowed to 0 (at decay 0.3, those more than ~85 steps
+    back) add nothing to any score and are left out, so a long history costs no more than
+    its recent part."""
     weights = _recency_weights(histories, n_items, recency_decay)
-    keys, where = np.unique(histories.row_ids() * n_items + histories.items, return_inverse=True)
-    summed = np.bincount(where, weights=weights, minlength=keys.size).astype(np.float32)
+    counted = weights > 0
+    keys, where = np.unique(
+        (histories.row_ids() * n_items + histories.items)[counted], return_inverse=True
+    )
+    summed = np.bincount(where, weights=weights[counted], minlength=keys.size).astype(np.float32)
     return keys // n_items, keys % n_items, summed
 
 
