@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from shoplm.data.readers import read_chunks
 from shoplm.engine import Engine
 
 
@@ -109,11 +110,12 @@ def main() -> None:
 
     engine = Engine.load(args.engine)
     rng = np.random.default_rng(args.seed)
-    if args.users.suffix == ".parquet":
-        events = pd.read_parquet(args.users, columns=["user_id"])
-    else:
-        events = pd.read_csv(args.users, usecols=["user_id"], dtype=str)
-    known = events["user_id"].astype(str).unique()
+    # any event file shoplm reads (CSV, TSV, JSONL, Parquet, gzipped)
+    known = pd.unique(
+        np.concatenate(
+            [c.frame["user_id"].astype(str).to_numpy() for c in read_chunks(args.users, 500_000)]
+        )
+    )
     users = rng.choice(known, args.requests).astype(object)
     users[rng.random(args.requests) < 0.1] = "never-seen-user"
     items = rng.choice(engine.items["item_id"].to_numpy(dtype=object), args.requests)
