@@ -18,7 +18,7 @@ from shoplm.search.fusion import (
     reciprocal_rank_fusion,
     union_candidates,
 )
-from shoplm.search.lexical import LexicalRetriever, gather_scores
+from shoplm.search.lexical import LexicalRetriever, ScoreRows, gather_scores
 
 
 class FixedLexical:
@@ -27,8 +27,8 @@ class FixedLexical:
     def __init__(self, scores: np.ndarray) -> None:
         self.scores = scores.astype(np.float32)
 
-    def score_blocks(self, queries: Sequence[str]) -> Iterator[tuple[slice, np.ndarray]]:
-        yield slice(0, len(queries)), self.scores[: len(queries)]
+    def scorers(self, queries: Sequence[str]) -> Iterator[tuple[slice, ScoreRows]]:
+        yield slice(0, len(queries)), ScoreRows(self.scores[: len(queries)])
 
 
 class FixedDense(FixedLexical):

@@ -9,7 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from shoplm.recommend.base import top_k
 from shoplm.search.lexical import LexicalRetriever
+from shoplm.search.maxscore import maxscore_top_k
 from shoplm.search.text import TextAnalyzer, dominant_script
 
 COLUMNS = ["item_id", "title", "description", "category", "brand", "price", "attributes"]
@@ -142,10 +144,37 @@ def test_rejects_catalogue_without_text() -> None:
 
 
 def test_a_few_queries_score_as_a_large_batch_does(tools: pd.DataFrame) -> None:
+    # One to eight queries go through MaxScore, more through full score rows.
     model = LexicalRetriever().fit(tools)
     queries = ["cordless drill", "makita", "garden gloves red", "nothing matches", ""] * 4
-    one_by_one = np.concatenate([next(model.score_blocks([q]))[1] for q in queries])
+    everything = np.tile(np.arange(len(tools)), (len(queries), 1))
     together = np.concatenate([block for _, block in model.score_blocks(queries)])
-    np.testing.assert_array_equal(np.isfinite(one_by_one), np.isfinite(together))
-    matched = np.isfinite(together)
-    np.testing.assert_allclose(one_by_one[matched], together[matched], rtol=1e-6)
+    for k in (1, 3, len(tools)):
+        one_by_one = [model.retrieve([q], k) for q in queries]
+        np.testing.assert_array_equal(
+            np.concatenate([i for i, _ in one_by_one]), top_k(together, k)[0]
+        )
+    lookups = np.concatenate([model.score_items([q], everything[:1]) for q in queries])
+    np.testing.assert_allclose(lookups, np.where(np.isfinite(together), together, 0), rtol=1e-6)
+
+
+def test_maxscore_gives_the_top_list_of_scoring_everything() -> None:
+    # Zipf-distributed words: a few terms are in most titles, most are rare, as in a shop.
+    rng = np.random.default_rng(0)
+    vocabulary = np.array([f"w{i}" for i in range(200)])
+    zipf = 1.0 / np.arange(1, 201)
+    titles = [" ".join(rng.choice(vocabulary, 6, p=zipf / zipf.sum())) for _ in range(2000)]
+    model = LexicalRetriever(ngram_weight=0.0).fit(catalogue([{"title": t} for t in titles]))
+    queries = [" ".join(rng.choice(vocabulary, rng.integers(1, 6))) for _ in range(40)]
+    full = np.concatenate([block for _, block in model.score_blocks(queries)])
+    for k in (1, 10, 100):
+        ids, scores = top_k(full, k)
+        for row, query in enumerate(queries):
+            _, terms, counts = model._query_terms([query])
+            found, best = maxscore_top_k(
+                model.term_weights_, model.term_bounds_, terms, counts.astype(np.float64), k
+            )
+            # equal scores may come in either order at the k-th place: compare scores
+            assert found.size == (ids[row] >= 0).sum()
+            np.testing.assert_allclose(best, scores[row, : found.size], rtol=1e-6)
+            np.testing.assert_allclose(full[row, found], best, rtol=1e-6)

@@ -26,7 +26,7 @@ from shoplm.eval.metrics import Qrels, ndcg_at_k
 from shoplm.recommend.base import top_k
 from shoplm.search.base import Retriever
 from shoplm.search.dense import DenseRetriever
-from shoplm.search.lexical import LexicalRetriever, gather_scores
+from shoplm.search.lexical import LexicalRetriever
 
 NORMALIZATIONS = ("minmax", "zscore")
 METHODS = ("rrf", "convex")
@@ -164,12 +164,12 @@ class HybridRetriever(Retriever):
         union = np.full((n, 2 * depth), -1, dtype=np.int64)
         lexical = np.zeros(union.shape, dtype=np.float32)
         dense = np.zeros(union.shape, dtype=np.float32)
-        for rows, lexical_scores in self.lexical_.score_blocks(queries):
+        for rows, lexical_scores in self.lexical_.scorers(queries):
             route, vectors = self.dense_.encode_queries(queries[rows])
-            lexical_ids[rows], _ = top_k(lexical_scores, depth)
+            lexical_ids[rows], _ = lexical_scores.top(depth)
             dense_ids[rows], _ = self.dense_.search(route, vectors, depth)
             union[rows] = union_candidates(lexical_ids[rows], dense_ids[rows])
-            lexical[rows] = gather_scores(lexical_scores, union[rows])
+            lexical[rows] = lexical_scores.at(union[rows])
             dense[rows] = self.dense_.score_vectors(route, vectors, union[rows])
         return {
             "ids": union,

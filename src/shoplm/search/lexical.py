@@ -8,26 +8,29 @@ sparse (vocabulary x items) matrix, so scoring a batch of queries against every 
 single sparse product and the fused score is exact, not an approximation over per-field
 top candidates.
 
+A live request's few queries are answered by MaxScore over the same matrix
+(:mod:`shoplm.search.maxscore`): the same top list, from a fraction of the postings.
+
 Why bm25s rather than tantivy: the index is a plain scipy matrix that numpy code can sum,
-slice and save, the per-field fusion above falls out of it, it has no native build step,
-and at catalogue sizes (10^4-10^6 items) its eager scoring answers in about a millisecond.
+slice and save, the per-field fusion above falls out of it, and it has no native build step.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Self
+from typing import Protocol, Self
 
 import bm25s
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from shoplm.arrays import row_entries
 from shoplm.recommend.base import top_k
 from shoplm.search.base import Retriever
+from shoplm.search.maxscore import lookup_scores, maxscore_top_k, term_bounds
 from shoplm.search.text import TextAnalyzer, Tokenized
 
 #: Title matches matter most; brand and category are short and precise; descriptions and
@@ -46,8 +49,8 @@ _SPARSE_METHODS = ("lucene", "robertson", "atire")
 
 #: Dense score rows per block: bounds memory at ~64 MB of float32 whatever the batch size.
 _BLOCK_CELLS = 1 << 24
-#: query blocks up to this size are scored by gathering term rows, larger ones by a product
-_GATHER_MAX_QUERIES = 8
+#: query blocks up to this size are answered by MaxScore, larger ones by one sparse product
+_PRUNED_MAX_QUERIES = 8
 
 
 class LexicalRetriever(Retriever):
@@ -129,8 +132,13 @@ class LexicalRetriever(Retriever):
         self.fields_ = list(texts)
         self.vocab_ = vocab
         self.term_ids_ = _term_ids(vocab)
-        self.term_weights_ = sp.csr_matrix(sum(matrices[1:], matrices[0]))
+        self._set_term_weights(sp.csr_matrix(sum(matrices[1:], matrices[0])))
         return self
+
+    def _set_term_weights(self, term_weights: sp.csr_matrix) -> None:
+        term_weights.sort_indices()  # MaxScore binary-searches item ids within a term's row
+        self.term_weights_ = term_weights
+        self.term_bounds_ = term_bounds(term_weights)
 
     def _field_matrix(self, tokens: Tokenized, vocab: pd.Index) -> sp.csr_matrix:
         """BM25 weights of one field as a (vocabulary x items) matrix, computed by bm25s."""
@@ -165,45 +173,44 @@ class LexicalRetriever(Retriever):
         """BM25 scores of every item, as dense ``(block, n_items)`` arrays over query blocks.
 
         Items that match no query term score -inf. Blocks bound memory whatever the batch
-        size; fusion uses them to take the top list and score other candidates in one pass.
-        A few queries gather their terms' rows of ``term_weights_``; larger blocks go
-        through one sparse product, whose set-up would dominate a single query.
+        size; each block is one sparse product of its queries' term counts with
+        ``term_weights_``.
         """
         queries = list(queries)
-        block = max(1, _BLOCK_CELLS // max(self.n_items_, 1))
-        for start in range(0, len(queries), block):
-            rows = slice(start, min(start + block, len(queries)))
-            n_queries = rows.stop - rows.start
-            query_of, terms, counts = self._query_terms(queries[rows])
-            if n_queries <= _GATHER_MAX_QUERIES:
-                yield rows, self._gathered_scores(n_queries, query_of, terms, counts)
-                continue
-            matrix = sp.csr_matrix((counts, (query_of, terms)), (n_queries, len(self.vocab_)))
-            sparse = (matrix @ self.term_weights_).tocsr()
-            dense = np.full(sparse.shape, -np.inf, dtype=np.float32)
-            row_ids = np.repeat(np.arange(sparse.shape[0]), np.diff(sparse.indptr))
-            dense[row_ids, sparse.indices] = sparse.data
-            yield rows, dense
+        for start in range(0, len(queries), self._block_size()):
+            rows = slice(start, min(start + self._block_size(), len(queries)))
+            yield rows, self._full_rows(queries[rows])
 
-    def _gathered_scores(
-        self, n_queries: int, query_of: np.ndarray, terms: np.ndarray, counts: np.ndarray
-    ) -> np.ndarray:
-        n_items = self.n_items_
-        entries, lengths = row_entries(self.term_weights_.indptr, terms)
-        keys = np.repeat(query_of, lengths) * n_items + self.term_weights_.indices[entries]
-        weights = np.repeat(counts, lengths) * self.term_weights_.data[entries]
-        summed = np.bincount(keys, weights=weights, minlength=n_queries * n_items)
-        dense = summed.astype(np.float32).reshape(n_queries, n_items)
-        matched = np.zeros(n_queries * n_items, dtype=bool)
-        matched[keys] = True
-        dense[~matched.reshape(n_queries, n_items)] = -np.inf
+    def scorers(self, queries: Sequence[str]) -> Iterator[tuple[slice, BlockScores]]:
+        """The scores of query blocks, as objects that give a top list and given items'
+        scores: a few queries (a live request) go through MaxScore, which reads a fraction
+        of the postings, larger batches through full score rows. Both give the same answer.
+        """
+        queries = list(queries)
+        if len(queries) <= _PRUNED_MAX_QUERIES:
+            pruned = PrunedScores(self, *self._query_terms(queries), len(queries))
+            yield slice(0, len(queries)), pruned
+            return
+        for rows, dense in self.score_blocks(queries):
+            yield rows, ScoreRows(dense)
+
+    def _block_size(self) -> int:
+        return max(1, _BLOCK_CELLS // max(self.n_items_, 1))
+
+    def _full_rows(self, queries: Sequence[str]) -> np.ndarray:
+        query_of, terms, counts = self._query_terms(queries)
+        matrix = sp.csr_matrix((counts, (query_of, terms)), (len(queries), len(self.vocab_)))
+        sparse = (matrix @ self.term_weights_).tocsr()
+        dense = np.full(sparse.shape, -np.inf, dtype=np.float32)
+        row_ids = np.repeat(np.arange(sparse.shape[0]), np.diff(sparse.indptr))
+        dense[row_ids, sparse.indices] = sparse.data
         return dense
 
     def retrieve(self, queries: Sequence[str], k: int) -> tuple[np.ndarray, np.ndarray]:
         ids = np.full((len(queries), k), -1, dtype=np.int64)
         scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
-        for rows, dense in self.score_blocks(queries):
-            ids[rows], scores[rows] = top_k(dense, k)
+        for rows, block in self.scorers(queries):
+            ids[rows], scores[rows] = block.top(k)
         return ids, scores
 
     def score_items(self, queries: Sequence[str], item_ids: np.ndarray) -> np.ndarray:
@@ -212,8 +219,8 @@ class LexicalRetriever(Retriever):
         Fusion needs the lexical score of items that only the dense retriever found.
         """
         out = np.zeros(item_ids.shape, dtype=np.float32)
-        for rows, dense in self.score_blocks(queries):
-            out[rows] = gather_scores(dense, item_ids[rows])
+        for rows, block in self.scorers(queries):
+            out[rows] = block.at(item_ids[rows])
         return out
 
     def save(self, path: Path) -> None:
@@ -233,8 +240,69 @@ class LexicalRetriever(Retriever):
         model.fields_ = list(state["fields"])
         model.vocab_ = pd.Index(np.load(path / "vocab.npy").astype(object))
         model.term_ids_ = _term_ids(model.vocab_)
-        model.term_weights_ = sp.load_npz(path / "term_weights.npz").tocsr()
+        model._set_term_weights(sp.load_npz(path / "term_weights.npz").tocsr())
         return model
+
+
+class BlockScores(Protocol):
+    """A block of queries' lexical scores, however they were computed."""
+
+    def top(self, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(ids, scores)`` of each query's ``k`` best items, (n, k), -1 / -inf padded."""
+        ...
+
+    def at(self, item_ids: np.ndarray) -> np.ndarray:
+        """Scores of given items, (n, m) like ``item_ids``; 0 for unmatched and -1 ids."""
+        ...
+
+
+class ScoreRows:
+    """Every item's score, as dense rows (-inf where no query term matched)."""
+
+    def __init__(self, scores: np.ndarray) -> None:
+        self.scores = scores
+
+    def top(self, k: int) -> tuple[np.ndarray, np.ndarray]:
+        return top_k(self.scores, k)
+
+    def at(self, item_ids: np.ndarray) -> np.ndarray:
+        return gather_scores(self.scores, item_ids)
+
+
+class PrunedScores:
+    """A few queries' scores, never materialised: top lists by MaxScore, given items by
+    binary search in their terms' rows."""
+
+    def __init__(
+        self,
+        retriever: LexicalRetriever,
+        query_of: np.ndarray,
+        terms: np.ndarray,
+        counts: np.ndarray,
+        n_queries: int,
+    ) -> None:
+        self.retriever = retriever
+        bounds = np.searchsorted(query_of, np.arange(n_queries + 1))
+        self.terms = [terms[a:b] for a, b in itertools.pairwise(bounds)]
+        self.counts = [counts[a:b].astype(np.float64) for a, b in itertools.pairwise(bounds)]
+
+    def top(self, k: int) -> tuple[np.ndarray, np.ndarray]:
+        ids = np.full((len(self.terms), k), -1, dtype=np.int64)
+        scores = np.full((len(self.terms), k), -np.inf, dtype=np.float32)
+        model = self.retriever
+        for row, (terms, counts) in enumerate(zip(self.terms, self.counts, strict=True)):
+            found, best = maxscore_top_k(model.term_weights_, model.term_bounds_, terms, counts, k)
+            ids[row, : found.size], scores[row, : found.size] = found, best
+        return ids, scores
+
+    def at(self, item_ids: np.ndarray) -> np.ndarray:
+        out = np.zeros(item_ids.shape, dtype=np.float32)
+        weights = self.retriever.term_weights_
+        for row, (terms, counts) in enumerate(zip(self.terms, self.counts, strict=True)):
+            wanted = item_ids[row] >= 0
+            found, _ = lookup_scores(weights, terms, counts, item_ids[row, wanted])
+            out[row, wanted] = found
+        return out
 
 
 def _term_ids(vocab: pd.Index) -> dict[str, int]:
