@@ -300,7 +300,7 @@ class PrunedScores:
         weights = self.retriever.term_weights_
         for row, (terms, counts) in enumerate(zip(self.terms, self.counts, strict=True)):
             wanted = item_ids[row] >= 0
-            found, _ = lookup_scores(weights, terms, counts, item_ids[row, wanted])
+            found = lookup_scores(weights, terms, counts, item_ids[row, wanted])
             out[row, wanted] = found
         return out
 

@@ -34,11 +34,10 @@ def term_bounds(term_weights: sp.csr_matrix) -> np.ndarray:
 
 def lookup_scores(
     term_weights: sp.csr_matrix, terms: np.ndarray, counts: np.ndarray, items: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """Summed ``count * weight`` of ``terms`` for each of ``items`` (distinct or not), and
-    whether any term matched; rows of ``term_weights`` must have sorted indices."""
+) -> np.ndarray:
+    """Summed ``count * weight`` of ``terms`` for each of ``items`` (0 where none matches);
+    rows of ``term_weights`` must have sorted indices."""
     scores = np.zeros(items.size, dtype=np.float64)
-    matched = np.zeros(items.size, dtype=bool)
     indptr, indices, data = term_weights.indptr, term_weights.indices, term_weights.data
     # in the rows' own dtype: searchsorted would otherwise convert the whole row per call
     items = items.astype(indices.dtype, copy=False)
@@ -48,10 +47,8 @@ def lookup_scores(
             continue
         row = indices[start:stop]
         at = np.minimum(np.searchsorted(row, items), row.size - 1)
-        hit = row[at] == items
-        scores += np.where(hit, count * data[start + at], 0.0)
-        matched |= hit
-    return scores, matched
+        scores += np.where(row[at] == items, count * data[start + at], 0.0)
+    return scores
 
 
 def maxscore_top_k(
@@ -101,7 +98,7 @@ def maxscore_top_k(
         candidates, scores = candidates[alive], scores[alive]
         start, stop = indptr[terms[position]], indptr[terms[position] + 1]
         if candidates.size * _SEARCH_COST < stop - start:
-            extra, _ = lookup_scores(
+            extra = lookup_scores(
                 term_weights,
                 terms[position : position + 1],
                 counts[position : position + 1],
