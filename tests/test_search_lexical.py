@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 from shoplm.recommend.base import top_k
+from shoplm.search import lexical
 from shoplm.search.lexical import LexicalRetriever
 from shoplm.search.maxscore import maxscore_top_k
 from shoplm.search.text import TextAnalyzer, dominant_script
@@ -143,8 +144,14 @@ def test_rejects_catalogue_without_text() -> None:
         LexicalRetriever().fit(items)
 
 
-def test_a_few_queries_score_as_a_large_batch_does(tools: pd.DataFrame) -> None:
-    # One to eight queries go through MaxScore, more through full score rows.
+@pytest.mark.parametrize("path", ["gathered rows", "MaxScore"])
+def test_a_few_queries_score_as_a_large_batch_does(
+    path: str, tools: pd.DataFrame, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # One to eight queries are scored apart from larger batches: by summing their terms'
+    # rows when those are short (as here), else by MaxScore (forced here by a 0 threshold).
+    if path == "MaxScore":
+        monkeypatch.setattr(lexical, "_GATHER_MAX_POSTINGS", 0)
     model = LexicalRetriever().fit(tools)
     queries = ["cordless drill", "makita", "garden gloves red", "nothing matches", ""] * 4
     everything = np.tile(np.arange(len(tools)), (len(queries), 1))

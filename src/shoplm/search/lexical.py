@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from shoplm.arrays import row_entries
 from shoplm.recommend.base import top_k
 from shoplm.search.base import Retriever
 from shoplm.search.maxscore import lookup_scores, maxscore_top_k, term_bounds
@@ -49,8 +50,12 @@ _SPARSE_METHODS = ("lucene", "robertson", "atire")
 
 #: Dense score rows per block: bounds memory at ~64 MB of float32 whatever the batch size.
 _BLOCK_CELLS = 1 << 24
-#: query blocks up to this size are answered by MaxScore, larger ones by one sparse product
-_PRUNED_MAX_QUERIES = 8
+#: query blocks up to this size are scored apart from the sparse product of larger batches
+_FEW_QUERIES = 8
+#: below this many postings a few queries' terms are summed into full rows outright; above,
+#: MaxScore's per-term bookkeeping pays for itself (on the demo shop's 3,946 items, scoring
+#: every posting was cheaper; at Home Depot x10, with a median 308,000, MaxScore was)
+_GATHER_MAX_POSTINGS = 1 << 15
 
 
 class LexicalRetriever(Retriever):
@@ -183,19 +188,41 @@ class LexicalRetriever(Retriever):
 
     def scorers(self, queries: Sequence[str]) -> Iterator[tuple[slice, BlockScores]]:
         """The scores of query blocks, as objects that give a top list and given items'
-        scores: a few queries (a live request) go through MaxScore, which reads a fraction
-        of the postings, larger batches through full score rows. Both give the same answer.
+        scores. A few queries (a live request) whose terms hold many postings go through
+        MaxScore, which reads a fraction of them; a few with short rows are summed into full
+        rows directly, and larger batches through one sparse product. All give the same
+        answer.
         """
         queries = list(queries)
-        if len(queries) <= _PRUNED_MAX_QUERIES:
-            pruned = PrunedScores(self, *self._query_terms(queries), len(queries))
-            yield slice(0, len(queries)), pruned
+        if len(queries) > _FEW_QUERIES:
+            for rows, dense in self.score_blocks(queries):
+                yield rows, ScoreRows(dense)
             return
-        for rows, dense in self.score_blocks(queries):
-            yield rows, ScoreRows(dense)
+        query_of, terms, counts = self._query_terms(queries)
+        rows, indptr = slice(0, len(queries)), self.term_weights_.indptr
+        if int((indptr[terms + 1] - indptr[terms]).sum()) <= _GATHER_MAX_POSTINGS:
+            yield rows, ScoreRows(self._gathered_rows(query_of, terms, counts, len(queries)))
+        else:
+            yield rows, PrunedScores(self, query_of, terms, counts, len(queries))
 
     def _block_size(self) -> int:
         return max(1, _BLOCK_CELLS // max(self.n_items_, 1))
+
+    def _gathered_rows(
+        self, query_of: np.ndarray, terms: np.ndarray, counts: np.ndarray, n_queries: int
+    ) -> np.ndarray:
+        """Full score rows of a few queries from their terms' rows, without scipy (whose
+        sparse-product set-up alone costs more than a short query's postings)."""
+        n_items = self.n_items_
+        entries, lengths = row_entries(self.term_weights_.indptr, terms)
+        keys = np.repeat(query_of, lengths) * n_items + self.term_weights_.indices[entries]
+        weights = np.repeat(counts, lengths) * self.term_weights_.data[entries]
+        summed = np.bincount(keys, weights=weights, minlength=n_queries * n_items)
+        dense = summed.astype(np.float32).reshape(n_queries, n_items)
+        matched = np.zeros(n_queries * n_items, dtype=bool)
+        matched[keys] = True
+        dense[~matched.reshape(n_queries, n_items)] = -np.inf
+        return dense
 
     def _full_rows(self, queries: Sequence[str]) -> np.ndarray:
         query_of, terms, counts = self._query_terms(queries)
