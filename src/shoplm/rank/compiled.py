@@ -19,7 +19,6 @@ import hashlib
 import logging
 import os
 import platform
-import tempfile
 from importlib import metadata
 from pathlib import Path
 from typing import Protocol
@@ -65,10 +64,9 @@ def compile_booster(booster: lgb.Booster, num_iteration: int | None) -> TreePred
             model.compile(cache=str(compiled))
         else:
             # compiled to a private name first: a half-written object must never be loaded
-            with tempfile.TemporaryDirectory(dir=folder) as scratch:
-                partial = Path(scratch) / compiled.name
-                model.compile(cache=str(partial))
-                partial.replace(compiled)
+            partial = _partial(compiled)
+            model.compile(cache=str(partial))
+            partial.replace(compiled)
         return model
     except Exception as exc:  # no LLVM for this machine, a read-only cache, ...
         LOGGER.warning("could not compile the trees (%s): they are predicted by LightGBM", exc)
@@ -76,6 +74,11 @@ def compile_booster(booster: lgb.Booster, num_iteration: int | None) -> TreePred
 
 
 def _write_atomically(path: Path, content: bytes) -> None:
-    partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
+    partial = _partial(path)
     partial.write_bytes(content)
     partial.replace(path)
+
+
+def _partial(path: Path) -> Path:
+    """This process's private name for ``path`` while it is being written."""
+    return path.with_name(f"{path.name}.{os.getpid()}.partial")

@@ -182,8 +182,9 @@ class LexicalRetriever(Retriever):
         ``term_weights_``.
         """
         queries = list(queries)
-        for start in range(0, len(queries), self._block_size()):
-            rows = slice(start, min(start + self._block_size(), len(queries)))
+        block = max(1, _BLOCK_CELLS // max(self.n_items_, 1))
+        for start in range(0, len(queries), block):
+            rows = slice(start, min(start + block, len(queries)))
             yield rows, self._full_rows(queries[rows])
 
     def scorers(self, queries: Sequence[str]) -> Iterator[tuple[slice, BlockScores]]:
@@ -204,9 +205,6 @@ class LexicalRetriever(Retriever):
             yield rows, ScoreRows(self._gathered_rows(query_of, terms, counts, len(queries)))
         else:
             yield rows, PrunedScores(self, query_of, terms, counts, len(queries))
-
-    def _block_size(self) -> int:
-        return max(1, _BLOCK_CELLS // max(self.n_items_, 1))
 
     def _gathered_rows(
         self, query_of: np.ndarray, terms: np.ndarray, counts: np.ndarray, n_queries: int

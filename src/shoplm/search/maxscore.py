@@ -3,8 +3,8 @@
 A query's score of an item is the sum, over the query's terms, of ``count * weight`` from
 the term's row of a CSR (terms x items) matrix. Scoring every posting of every term costs
 as much as the terms' posting lists are long, and the lists grow with the catalogue: at
-546,670 items a typical query touches a million postings, most of them from common
-character n-grams whose weights are small.
+546,670 items a median Home Depot query's terms hold 308,000 postings (up to 1.4 million),
+most of them from common character n-grams and numbers whose weights are small.
 
 MaxScore (Turtle and Flood, 1995) skips most of that work and stays exact. Each term's
 largest possible contribution (its *bound*) is known in advance. Terms are read in order of
@@ -64,12 +64,12 @@ def maxscore_top_k(
     # Strong terms with short rows first: they lift the k-th best score for little reading,
     # and what is left unread is the long rows of weak terms (numbers, common n-grams).
     # On Home Depot x10 this read order cut the mean time by ~10% against plain bound order.
-    lengths = term_weights.indptr[terms + 1] - term_weights.indptr[terms]
+    indptr, indices, data = term_weights.indptr, term_weights.indices, term_weights.data
+    lengths = indptr[terms + 1] - indptr[terms]
     order = np.argsort(-weights / np.maximum(lengths, 1), kind="stable")
     # totals[i]: item i's score over the terms read so far (the whole row of each term in
     # the first phase; in the second, kept exact only for the surviving candidates)
     totals = np.zeros(term_weights.shape[1], dtype=np.float64)
-    indptr, indices, data = term_weights.indptr, term_weights.indices, term_weights.data
     total_bound = float(weights.sum())
     unread, threshold, n_read = total_bound, 0.0, 0
     reference: np.ndarray | None = None  # the items of one row read, to bound the k-th best
